@@ -1,0 +1,42 @@
+# segserve: `make serve` serves the bundled model; `make test` runs the whole suite.
+# Every install step lives here so a fresh clone needs nothing but Python 3.11.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --quiet -c constraints.txt
+# ONNX Runtime build for serving: `make serve ORT=gpu` installs onnxruntime-gpu instead.
+ORT    ?= cpu
+
+.PHONY: serve test lint typecheck model bench audit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The serving install: no torch.
+$(VENV)/.serve-$(ORT): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e '.[$(ORT)]'
+	touch $@
+
+# Everything the tests need: the training stack (torch 2.13.0 CPU build first) and dev tools.
+$(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[cpu,train,dev]'
+	touch $@
+
+serve: $(VENV)/.serve-$(ORT)
+	$(BIN)/python -m service
+
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,0 +1,139 @@
+"""The model card: what an ONNX file tells the service about itself, via ``metadata_props``.
+
+``model_export`` writes it; the service reads it. It lives under one metadata key as JSON so a
+model can be inspected with any ONNX tool (``python -m model_export inspect model.onnx``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+METADATA_KEY = "segserve.card"
+SCHEMA_VERSION = 1
+
+RGB = tuple[int, int, int]
+
+
+def voc_palette(n: int = 256) -> list[RGB]:
+    """The PASCAL VOC colour map (bit-interleaved class id): class i -> colour i."""
+    colours: list[RGB] = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours.append((r, g, b))
+    return colours
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class ClassInfo(_Frozen):
+    id: int = Field(ge=0, le=255)
+    label: str = Field(min_length=1)
+    color: RGB
+
+    @field_validator("color")
+    @classmethod
+    def _byte_range(cls, v: RGB) -> RGB:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError("colour components must be 0..255")
+        return v
+
+
+class InputSpec(_Frozen):
+    """How to turn an RGB image into the model's input tensor."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    layout: Literal["NCHW"] = "NCHW"
+    channels: Literal["RGB"] = "RGB"
+    dtype: Literal["float32", "float16"] = "float32"
+    # x = (pixel / 255 - mean) / std, per channel
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # "stretch": resize to (width, height) ignoring aspect ratio; labels are resized back the same way
+    resize: Literal["stretch"] = "stretch"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("std must be positive")
+        return v
+
+
+class OutputSpec(_Frozen):
+    """``logits``: float (N, C, H, W), argmax taken by the service; ``labels``: uint8 (N, H, W)."""
+
+    kind: Literal["logits", "labels"] = "logits"
+
+
+class TrainingCard(_Frozen):
+    """Provenance and quality: how the weights were made and how good they are."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", protected_namespaces=())
+
+    architecture: str
+    backbone: str | None = None
+    dataset: str
+    seed: int | None = None
+    epochs: int | None = None
+    val_miou: float | None = None
+    test_miou: float | None = None
+    pixel_accuracy: float | None = None
+    per_class_iou: dict[str, float] = Field(default_factory=dict)
+    precision: Literal["fp32", "fp16"] = "fp32"
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    export_time: str | None = None
+    checkpoint_sha256: str | None = None
+
+
+class ModelCard(_Frozen):
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    classes: list[ClassInfo] = Field(min_length=2)
+    input: InputSpec
+    output: OutputSpec = OutputSpec()
+    training: TrainingCard | None = None
+
+    @model_validator(mode="after")
+    def _dense_class_ids(self) -> ModelCard:
+        if [c.id for c in self.classes] != list(range(len(self.classes))):
+            raise ValueError("class ids must be 0..N-1 in order (0 = background)")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def palette(self) -> list[RGB]:
+        return [c.color for c in self.classes]
+
+    def to_metadata(self) -> dict[str, str]:
+        return {METADATA_KEY: self.model_dump_json()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> ModelCard:
+        """Parse the card from ONNX metadata_props; raises ValueError when absent or invalid."""
+        raw = metadata.get(METADATA_KEY)
+        if raw is None:
+            raise ValueError(
+                f"no '{METADATA_KEY}' entry in the model's metadata_props; "
+                "add one with `python -m model_export annotate`"
+            )
+        return cls.model_validate_json(raw)
+
+    @classmethod
+    def with_default_colors(cls, labels: list[str], **fields: object) -> ModelCard:
+        palette = voc_palette(len(labels))
+        classes = [ClassInfo(id=i, label=lab, color=palette[i]) for i, lab in enumerate(labels)]
+        return cls(classes=classes, **fields)  # type: ignore[arg-type]

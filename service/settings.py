@@ -1,0 +1,51 @@
+"""Every tunable of the service, in one place: environment variables prefixed ``SEGSERVE_``."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SEGSERVE_", frozen=True, protected_namespaces=(), extra="ignore"
+    )
+
+    # Model repository: <model_repository>/<name>/<version>/model.onnx
+    model_repository: Path = Path("models")
+    default_model: str | None = None
+
+    # ONNX Runtime
+    provider: Provider = "auto"
+    sessions: int = Field(1, ge=1, description="ONNX Runtime sessions per model (the pool)")
+    intra_op_threads: int = Field(0, ge=0, description="threads per CPU session; 0 = ORT decides")
+
+    # Dynamic batching and admission
+    max_batch_size: int = Field(8, ge=1)
+    max_batch_delay_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(256, ge=1)
+    request_timeout_ms: float = Field(30_000, gt=0)
+
+    # Input limits
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+
+    # Server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @cached_property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    @cached_property
+    def request_timeout_s(self) -> float:
+        return self.request_timeout_ms / 1000.0

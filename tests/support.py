@@ -1,0 +1,158 @@
+"""Shared test helpers: a tiny ONNX model whose answer is known, and a real server process.
+
+The tiny model is a 1x1 convolution over the un-normalised RGB input (mean 0, std 1, so x = p/255):
+    background = 0.5,  red = 2R - G - B,  green = 2G - R - B
+so a pure red pixel is class 1, a pure green pixel class 2, black/white/grey pixels background.
+Tests can therefore predict the exact mask of any synthetic image they draw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from service.model_card import InputSpec, ModelCard, OutputSpec, TrainingCard
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_LABELS = ["background", "red", "green"]
+_WEIGHTS = np.array([[0, 0, 0], [2, -1, -1], [-1, 2, -1]], dtype=np.float32).reshape(3, 3, 1, 1)
+_BIAS = np.array([0.5, 0, 0], dtype=np.float32)
+
+
+def tiny_card(name: str = "tiny", size: int = 32, output: str = "logits") -> ModelCard:
+    return ModelCard.with_default_colors(
+        TINY_LABELS,
+        name=name,
+        description="1x1 conv colour classifier for tests",
+        input=InputSpec(height=size, width=size, mean=(0, 0, 0), std=(1, 1, 1)),
+        output=OutputSpec(kind=output),
+        training=TrainingCard(architecture="conv1x1", dataset="none", val_miou=1.0),
+    )
+
+
+def tiny_model(card: ModelCard) -> onnx.ModelProto:
+    """Build the model for ``card``: dynamic batch, fixed spatial size, logits or uint8 labels."""
+    h, w = card.input.height, card.input.width
+    nodes = [helper.make_node("Conv", ["input", "W", "B"], ["logits"], kernel_shape=[1, 1])]
+    out_name = "logits"
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, h, w])
+    if card.output.kind == "labels":
+        nodes += [
+            helper.make_node("ArgMax", ["logits"], ["argmax"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["argmax"], ["labels"], to=TensorProto.UINT8),
+        ]
+        out_name = "labels"
+        out = helper.make_tensor_value_info(out_name, TensorProto.UINT8, ["N", h, w])
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, h, w])],
+        [out],
+        initializer=[
+            helper.make_tensor("W", TensorProto.FLOAT, _WEIGHTS.shape, _WEIGHTS.ravel()),
+            helper.make_tensor("B", TensorProto.FLOAT, _BIAS.shape, _BIAS),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, card.to_metadata())
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_tiny_model(repo: Path, name: str = "tiny", version: int = 1, **card_kwargs) -> Path:
+    path = repo / name / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(tiny_model(tiny_card(name=name, **card_kwargs)), path)
+    return path
+
+
+def expected_labels(rgb: np.ndarray) -> np.ndarray:
+    """The tiny model's answer for an (H, W, 3) uint8 image, computed at full resolution."""
+    x = rgb.astype(np.float32) / 255.0
+    scores = np.einsum("hwc,kc->hwk", x, _WEIGHTS[:, :, 0, 0]) + _BIAS
+    return scores.argmax(axis=-1).astype(np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=kwargs.pop("timeout", 30.0), **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for the drain; kill only if it hangs. Returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_server(
+    env: dict[str, str], log_path: Path, ready_timeout: float = 60.0, wait_ready: bool = True
+) -> Server:
+    """Start ``python -m service`` on 127.0.0.1 with ``env`` on top of a clean SEGSERVE_ env."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+    full_env |= {"SEGSERVE_HOST": "127.0.0.1", "SEGSERVE_PORT": str(port),
+                 "SEGSERVE_PROVIDER": "cpu", "SEGSERVE_LOG_LEVEL": "info", **env}
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=full_env,
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    if wait_ready:
+        wait_until_ready(server, ready_timeout)
+    return server
+
+
+def wait_until_ready(server: Server, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    server.stop()
+    raise TimeoutError(f"server not ready after {timeout}s:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], log_path: Path, **kwargs) -> Iterator[Server]:
+    server = start_server(env, log_path, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
