@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+
+    # Security (docs/SECURITY.md); the lists are comma-separated in the environment.
+    # No keys: no authentication. With keys: `Authorization: Bearer <key>` on every path but
+    # the public ones (probes and metrics by default, so orchestrators need no secret).
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    auth_public_paths: Annotated[tuple[str, ...], NoDecode] = ("/healthz", "/readyz", "/metrics")
+    # Browser origins allowed to call the API; none: no CORS headers at all.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("api_keys", "auth_public_paths", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
 
     @cached_property
     def max_batch_delay_s(self) -> float:

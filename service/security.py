@@ -1,0 +1,155 @@
+"""Who may call the service and what every answer carries: API keys, CORS, request ids.
+
+``install_security(app, settings)`` adds three pure-ASGI middlewares, outermost first:
+
+1. ``RequestIdMiddleware`` — every answer (errors included) carries ``X-Request-ID``: the
+   client's own id when it is short and plain, else a fresh one; the id is also in a context
+   variable so log lines can name the request. Every answer also gets ``nosniff``.
+2. ``CORSMiddleware`` (Starlette) — only when ``SEGSERVE_CORS_ORIGINS`` names origins. It sits
+   outside authentication so that preflights (which never carry credentials) are answered and a
+   browser can read a 401.
+3. ``ApiKeyMiddleware`` — only when ``SEGSERVE_API_KEYS`` is set: ``Authorization: Bearer <key>``
+   on every path except ``SEGSERVE_AUTH_PUBLIC_PATHS`` (probes and metrics by default).
+
+Pure ASGI rather than ``BaseHTTPMiddleware``: no extra task per request and the request body is
+never touched here, so streaming uploads and their size limit stay with the API layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import Unauthorized, problem_from
+from service.settings import Settings
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client-supplied id is echoed only if it cannot smuggle anything into headers or log lines.
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Answers a browser script may read besides the CORS-safelisted ones.
+_EXPOSED_HEADERS = ["X-Model", "X-Model-Version", "Server-Timing", REQUEST_ID_HEADER, "Retry-After"]
+
+request_id_var: ContextVar[str] = ContextVar("segserve_request_id", default="-")
+
+
+def install_security(app: FastAPI, settings: Settings) -> None:
+    """Wire authentication, CORS and request ids into ``app`` according to ``settings``."""
+    # add_middleware wraps what is already there: the last one added is the outermost.
+    if settings.api_keys:
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=[key.get_secret_value() for key in settings.api_keys],
+            public_paths=settings.auth_public_paths,
+        )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept", REQUEST_ID_HEADER],
+            expose_headers=_EXPOSED_HEADERS,
+            allow_credentials=False,  # bearer keys travel in a header, never in cookies
+            max_age=600,
+        )
+    app.add_middleware(RequestIdMiddleware)
+
+
+class ApiKeyMiddleware:
+    """Refuse requests without a valid ``Authorization: Bearer <key>`` with 401 problem+json."""
+
+    def __init__(self, app: ASGIApp, *, keys: Iterable[str], public_paths: Iterable[str]) -> None:
+        self.app = app
+        # Compare fixed-length digests so neither a key's content nor its length leaks by timing.
+        self._key_digests = [_digest(key.encode()) for key in keys]
+        self._public_paths = frozenset(public_paths)
+        if not self._key_digests:
+            raise ValueError("ApiKeyMiddleware needs at least one key")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._public_paths:
+            await self.app(scope, receive, send)
+            return
+        token = _bearer_token(scope)
+        if token is not None and self._is_valid(token):
+            await self.app(scope, receive, send)
+            return
+        if token is None:
+            error = Unauthorized(
+                "Send an API key as 'Authorization: Bearer <key>'.",
+                headers={"WWW-Authenticate": 'Bearer realm="segserve"'},
+            )
+        else:
+            error = Unauthorized(
+                "The API key is not valid.",
+                headers={"WWW-Authenticate": 'Bearer realm="segserve", error="invalid_token"'},
+            )
+        await problem_from(error)(scope, receive, send)
+
+    def _is_valid(self, token: bytes) -> bool:
+        digest = _digest(token)
+        valid = False
+        for key_digest in self._key_digests:  # no early exit: the time does not say which key
+            valid |= hmac.compare_digest(digest, key_digest)
+        return valid
+
+
+class RequestIdMiddleware:
+    """Give every request an id, echo it on the answer and expose it to logging."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = _header(scope, b"x-request-id")
+        if supplied is not None and _SAFE_REQUEST_ID.fullmatch(supplied):
+            request_id = supplied.decode("ascii")
+        else:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("ascii")))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _bearer_token(scope: Scope) -> bytes | None:
+    authorization = _header(scope, b"authorization")
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token
