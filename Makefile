@@ -38,5 +38,12 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# Known vulnerabilities in every pinned dependency, from PyPI's advisory data (network needed).
+# --strict: a package that cannot be looked up fails the audit instead of passing unchecked.
+audit: $(VENV)/.dev
+	$(BIN)/pip-audit --requirement constraints.txt --no-deps --disable-pip --strict \
+		--progress-spinner off || { echo "make audit: FAILED: a known vulnerability, or a" \
+		"package whose advisories could not be fetched (see docs/SECURITY.md)" >&2; exit 1; }
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
