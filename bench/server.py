@@ -1,0 +1,100 @@
+"""Start a server under test as a subprocess on 127.0.0.1 and stop it again (by its PID only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = ROOT / "models"
+DEFAULT_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "1" / "model.onnx"
+
+
+@dataclass
+class RunningServer:
+    kind: str
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def command_for(kind: str, model: Path, port: int) -> list[str]:
+    if kind == "segserve":
+        return [sys.executable, "-m", "service"]
+    if kind == "naive":
+        return [sys.executable, "-m", "bench.baselines.naive_server", str(model),
+                "--port", str(port)]
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+def segserve_env(model: Path, port: int, settings: dict[str, str]) -> dict[str, str]:
+    """A clean SEGSERVE_ environment serving only ``model``'s repository, on loopback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+    repository = model.parent.parent.parent  # <repo>/<name>/<version>/model.onnx
+    return env | {
+        "SEGSERVE_MODEL_REPOSITORY": str(repository),
+        "SEGSERVE_DEFAULT_MODEL": model.parent.parent.name,
+        "SEGSERVE_HOST": "127.0.0.1", "SEGSERVE_PORT": str(port),
+        "SEGSERVE_PROVIDER": "cpu", "SEGSERVE_LOG_LEVEL": "warning",
+    } | settings
+
+
+@contextlib.contextmanager
+def serve(kind: str, model: Path, log_path: Path, settings: dict[str, str] | None = None,
+          ready_timeout_s: float = 120.0) -> Iterator[RunningServer]:
+    """Run ``kind`` ("segserve" or "naive") serving ``model`` until the block exits."""
+    port = _free_port()
+    env = segserve_env(model, port, settings or {})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command_for(kind, model, port), cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    server = RunningServer(kind, process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        _wait_ready(server, ready_timeout_s)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _wait_ready(server: RunningServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.kind} exited with {server.process.returncode}:\n"
+                               f"{server.log_path.read_text(errors='replace')[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{server.kind} not ready after {timeout_s}s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
