@@ -1,0 +1,123 @@
+"""The four performance targets of docs/PERFORMANCE.md, measured in one run and judged.
+
+    python -m bench.targets                          # default model, ~4 minutes on 2 cores
+    python -m bench.targets --model models/x/1/model.onnx --memory-requests 2000
+
+1. throughput at concurrency 32 >= 0.90 x the offline limit (``bench.offline``, same threads);
+2. p50 latency at concurrency 1 <= the offline single-image latency + 3 ms;
+3. a 4000x3000 JPEG costs <= 2x a 640x480 one end to end (p50 at concurrency 1);
+4. server RSS after 10,000 requests within 10% of RSS after the first 1,000 (fresh server).
+
+Each load level runs ``bench.loadtest`` in its own process (its CPU use is reported);
+servers run as subprocesses on 127.0.0.1 and are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procstat import load_average
+from bench.server import DEFAULT_MODEL, ROOT, serve
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    measured: str
+    bound: str
+    met: bool
+
+    def row(self) -> str:
+        verdict = "met" if self.met else "NOT met"
+        return f"| {self.name} | {self.measured} | {self.bound} | {verdict} |"
+
+
+def _loadtest(base_url: str, pid: int, out: Path, *extra: str) -> dict:
+    command = [sys.executable, "-m", "bench.loadtest", "--url", base_url, "--server-pid", str(pid),
+               "--json", str(out), "--no-progress", *extra]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def _offline(model: Path, out: Path, settings: list[str], *extra: str) -> dict:
+    command = [sys.executable, "-m", "bench.offline", "--model", str(model), "--json", str(out),
+               *(f"--set={s}" for s in settings), *extra]
+    subprocess.run(command, check=True, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
+    parser.add_argument("--memory-requests", type=int, default=10_000)
+    parser.add_argument("--set", dest="settings", action="append", default=[],
+                        metavar="SEGSERVE_X=V", help="segserve setting for every step")
+    parser.add_argument("--out", type=Path, default=RESULTS / "targets")
+    args = parser.parse_args(argv)
+    out, tmp = args.out, RESULTS / "tmp"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(s.split("=", 1) for s in args.settings)
+    load_before = str(load_average())
+    duration = ["--duration", str(args.duration), "--warmup", "3"]
+
+    offline = _offline(args.model, out / "offline-small.json", args.settings)
+    offline_large = _offline(args.model, out / "offline-large.json", args.settings,
+                             "--image", "large", "--batch-sizes", "1")
+    runs: dict[str, dict] = {}
+    with serve("segserve", args.model, tmp / "targets-segserve.log", settings) as server:
+        for name, extra in (("c1-small", ["--concurrency", "1"]),
+                            ("c1-large", ["--concurrency", "1", "--image", "large"]),
+                            ("c32-small", ["--concurrency", "32"])):
+            runs[name] = _loadtest(server.base_url, server.pid, out / f"{name}.json",
+                                   *duration, *extra)
+            print(f"{name}: {runs[name]['throughput_rps']:.1f} req/s, "
+                  f"p50 {runs[name]['latency_ms']['p50']:.2f} ms", flush=True)
+    with serve("segserve", args.model, tmp / "targets-memory.log", settings) as server:
+        every = max(1, args.memory_requests // 10)
+        runs["memory"] = _loadtest(
+            server.base_url, server.pid, out / "memory.json", "--concurrency", "8",
+            "--requests", str(args.memory_requests), "--duration", "900", "--warmup", "0",
+            "--rss-every", str(every))
+    load_after = str(load_average())
+
+    limit, single = offline["limit_images_per_s"], offline["single_image_ms"]
+    c32, c1, c1_large = runs["c32-small"], runs["c1-small"], runs["c1-large"]
+    rss = runs["memory"]["server_rss_mb"]
+    rss_first, rss_last = rss[str(every)], rss[str(every * 10)]
+    ratio = c1_large["latency_ms"]["p50"] / c1["latency_ms"]["p50"]
+    verdicts = [
+        Verdict("throughput at c=32 vs offline limit",
+                f"{c32['throughput_rps']:.1f} req/s = {c32['throughput_rps'] / limit:.3f} x "
+                f"{limit:.1f} img/s", ">= 0.90 x", c32["throughput_rps"] >= 0.9 * limit),
+        Verdict("p50 latency at c=1 vs offline single image",
+                f"{c1['latency_ms']['p50']:.2f} ms vs {single:.2f} ms "
+                f"(+{c1['latency_ms']['p50'] - single:.2f})", "<= +3 ms",
+                c1["latency_ms"]["p50"] <= single + 3.0),
+        Verdict("4000x3000 vs 640x480 JPEG, p50 at c=1",
+                f"{c1_large['latency_ms']['p50']:.2f} / {c1['latency_ms']['p50']:.2f} ms "
+                f"= {ratio:.2f} x", "<= 2 x", ratio <= 2.0),
+        Verdict(f"RSS after {every * 10} vs after {every} requests",
+                f"{rss_last:.1f} / {rss_first:.1f} MiB = {rss_last / rss_first:.3f}",
+                "within 10 %", abs(rss_last / rss_first - 1) <= 0.10),
+    ]
+    table = ["| target | measured | bound | verdict |", "|---|---|---|---|",
+             *(v.row() for v in verdicts)]
+    summary = {"model": str(args.model), "settings": settings, "load_before": load_before,
+               "load_after": load_after, "offline": offline, "offline_large": offline_large,
+               "runs": runs, "verdicts": [v.__dict__ for v in verdicts]}
+    (out / "targets.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "targets.md").write_text("\n".join(table) + "\n")
+    print(f"load average before {load_before}, after {load_after}")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Smoke tests of the bench tools on the tiny model: they run, bound themselves and check answers.
+
+Speed is never asserted here (that is what ``bench/`` reports are for); only that the tools
+measure what they claim: real servers, real answers, the service's own pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import offline, sweep
+from bench.images import jpeg_bytes, sample_jpeg
+from bench.loadtest import LoadSpec, check_answer, require_loopback, run
+from bench.server import serve
+from tests.support import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models"), size=64)
+
+
+def test_sample_jpeg_is_photo_like() -> None:
+    data = sample_jpeg("small")
+    image = Image.open(io.BytesIO(data))
+    assert (image.format, image.size) == ("JPEG", (640, 480))
+    # Shading, edges and noise: far from the few KB a flat synthetic image compresses to.
+    assert len(data) > 40_000
+    assert jpeg_bytes(64, 48, seed=1) != jpeg_bytes(64, 48, seed=2)
+    assert jpeg_bytes(64, 48, seed=1) == jpeg_bytes(64, 48, seed=1)
+
+
+@pytest.mark.parametrize("url", ["http://192.0.2.1:8000", "http://[2001:db8::1]:80", "http://"])
+def test_loadtest_refuses_non_loopback_targets(url: str) -> None:
+    with pytest.raises(SystemExit):
+        require_loopback(url)
+
+
+def test_loadtest_accepts_loopback() -> None:
+    require_loopback("http://127.0.0.1:8000")
+    require_loopback("http://localhost:8000")
+
+
+def test_check_answer_catches_wrong_masks() -> None:
+    def png(size: tuple[int, int], mode: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.new(mode, size).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    assert check_answer(png((640, 480), "P"), "png", (640, 480)) is None
+    assert "size" in check_answer(png((64, 64), "P"), "png", (640, 480))
+    assert "mode" in check_answer(png((640, 480), "RGB"), "png", (640, 480))
+    assert check_answer(b"not a png", "png", (640, 480)) is not None
+    rle = {"width": 4, "height": 2, "masks": [{"area": 5}, {"area": 3}]}
+    assert check_answer(json.dumps(rle).encode(), "rle", (4, 2)) is None
+    assert "size" in check_answer(json.dumps(rle).encode(), "rle", (4, 3))
+    rle["masks"] = [{"area": 5}]
+    assert "sum" in check_answer(json.dumps(rle).encode(), "rle", (4, 2))
+
+
+def test_loadtest_bounds_are_enforced() -> None:
+    body = jpeg_bytes(64, 48)
+    with pytest.raises(ValueError, match="duration"):
+        run(LoadSpec(base_url="http://127.0.0.1:9", body=body, duration_s=10_000))
+    with pytest.raises(ValueError, match="concurrency"):
+        run(LoadSpec(base_url="http://127.0.0.1:9", body=body, concurrency=0))
+
+
+def test_offline_runs_the_service_pipeline(tiny_model: Path) -> None:
+    result = offline.run(tiny_model, "small", [1, 2], seconds=0.2, repeat=1)
+    assert [b["batch_size"] for b in result["batches"]] == [1, 2]
+    assert result["limit_images_per_s"] > 0
+    stages = result["batches"][0]["stage_ms"]
+    assert all(stages[k] > 0 for k in ("decode", "prepare", "infer", "resize", "encode"))
+    assert result["single_image_ms"] == pytest.approx(sum(stages.values()))
+    assert result["threads"]["worker_threads"] >= 1
+
+
+def test_offline_pipeline_gives_the_models_answer(tiny_model: Path) -> None:
+    # The tiny model calls pure red "red" (class 1): the encoded mask must say so everywhere.
+    from service.settings import Settings
+
+    pipe = offline.Pipeline(tiny_model, Settings())
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 60), (255, 0, 0)).save(buffer, format="PNG")
+    size, x = pipe.front(buffer.getvalue())
+    labels = pipe.infer(x[None])
+    mask = Image.open(io.BytesIO(pipe.back(labels[0], size)))
+    assert mask.size == (80, 60)
+    assert np.all(np.asarray(mask) == 1)
+
+
+@pytest.mark.parametrize("kind", ["naive"])
+def test_loadtest_closed_and_open_loop(kind: str, tiny_model: Path, tmp_path: Path) -> None:
+    body = sample_jpeg("small")
+    with serve(kind, tiny_model, tmp_path / f"{kind}.log", ready_timeout_s=60) as server:
+        closed = run(LoadSpec(base_url=server.base_url, body=body, concurrency=4, requests=24,
+                              duration_s=30, warmup_s=0.2, server_pid=server.pid, rss_every=8,
+                              check=5, progress=False))
+        opened = run(LoadSpec(base_url=server.base_url, body=body, rate=40.0, requests=16,
+                              duration_s=30, warmup_s=0.0, check=5, progress=False))
+    assert (closed.requests, closed.ok, closed.status_counts) == (24, 24, {"200": 24})
+    assert closed.checked == 5
+    assert closed.check_failures == []
+    assert closed.latency_ms["p50"] <= closed.latency_ms["p99"] <= closed.latency_ms["max"]
+    assert {"start", "8", "16", "24", "end"} <= closed.server_rss_mb.keys()
+    assert closed.server_cpu_cores is not None
+    assert closed.server_cpu_cores > 0
+    assert (opened.mode, opened.ok, opened.check_failures) == ("open", 16, [])
+
+
+def test_sweep_draws_latency_against_throughput(tiny_model: Path, tmp_path: Path) -> None:
+    offline_json = tmp_path / "offline.json"
+    offline_json.write_text(json.dumps({"limit_images_per_s": 500.0}))
+    png = tmp_path / "sweep.png"
+    sweep.main(["--model", str(tiny_model), "--servers", "naive", "--concurrency", "1,2",
+                "--duration", "1", "--warmup", "0.2", "--offline-json", str(offline_json),
+                "--out", str(tmp_path / "out"), "--png", str(png)])
+    rows = json.loads((tmp_path / "out" / "sweep.json").read_text())["results"]["naive"]
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    assert all(r["ok"] > 0 for r in rows)
+    assert Image.open(png).size[0] > 400
