@@ -7,7 +7,7 @@ PIP    := $(BIN)/pip install --quiet -c constraints.txt
 # ONNX Runtime build for serving: `make serve ORT=gpu` installs onnxruntime-gpu instead.
 ORT    ?= cpu
 
-.PHONY: serve test lint typecheck model bench audit clean
+.PHONY: serve test lint typecheck model bench audit deploy-lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ audit: $(VENV)/.dev
 	$(BIN)/pip-audit --requirement constraints.txt --no-deps --disable-pip --strict \
 		--progress-spinner off || { echo "make audit: FAILED: a known vulnerability, or a" \
 		"package whose advisories could not be fetched (see docs/SECURITY.md)" >&2; exit 1; }
+
+# The deployment files, checked by the real tools of the dev extra (docs/DEPLOY.md).
+# promtool is not on PyPI: with Debian's `prometheus` package installed it checks Prometheus too.
+deploy-lint: $(VENV)/.dev
+	$(BIN)/hadolint Dockerfile docker/Dockerfile.gpu
+	$(BIN)/yamllint --strict .yamllint.yaml docker-compose.yml docker k8s
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec \
+		docker-compose.yml docker/compose.gpu.yml
+	for overlay in k8s/overlays/*/; do \
+		$(BIN)/kubectl kustomize $$overlay | $(BIN)/kubernetes-validate --strict --quiet - || exit 1; \
+	done
+	! command -v promtool >/dev/null || promtool check config docker/prometheus/prometheus.yml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
