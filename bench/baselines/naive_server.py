@@ -1,7 +1,8 @@
 """The baseline: the FastAPI + ONNX Runtime server a user writes in 30 lines.
 
 One request = one ``session.run`` of batch 1, inference inside the ``async`` handler (as most
-tutorials do), ORT's default threads, Pillow resizes, palette PNG at the default compression.
+tutorials do), ORT's default threads (CUDA first when the build has it), Pillow resizes,
+palette PNG at the default compression.
 Same model, same contract for ``format=png``, so ``bench.loadtest`` measures it like segserve.
 
     python -m bench.baselines.naive_server models/shapes-fcn/1/model.onnx --port 8001
@@ -22,7 +23,9 @@ from service.model_card import ModelCard
 
 
 def create_app(model_path: str) -> FastAPI:
-    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # the GPU when the build has it
+    providers = [p for p in wanted if p in ort.get_available_providers()]
+    session = ort.InferenceSession(model_path, providers=providers)
     card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
     size = (card.input.width, card.input.height)
     mean = np.array(card.input.mean, np.float32).reshape(3, 1, 1)
