@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     provider: Provider = "auto"
     sessions: int = Field(1, ge=1, description="ONNX Runtime sessions per model (the pool)")
     intra_op_threads: int = Field(0, ge=0, description="threads per CPU session; 0 = ORT decides")
+    trt_cache_dir: Path = Path(".trt-cache")  # TensorRT engine cache (built once per model/GPU)
+    trt_fp16: bool = False
 
     # Dynamic batching and admission
     max_batch_size: int = Field(8, ge=1)
@@ -37,6 +39,9 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
 
     # Server
+    worker_threads: int = Field(2, ge=1, description="threads for decode/resize/encode")
+    drain_delay_s: float = Field(0.0, ge=0, description="SIGTERM: /readyz 503 this long first")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="longest wait for in-flight work")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,86 @@
+"""The access record of every request: one log line, and the ``/segment`` request metrics.
+
+A pure ASGI middleware (no extra task, the body untouched) that sees the final status of every
+answer, errors included. The route fills in what only it knows (model, format, error code)
+through the ``AccessRecord`` it finds in ``request.state.access``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+
+log = logging.getLogger("segserve.access")
+
+SEGMENT_PATH = "/segment"
+# Probes and scrapes arrive every few seconds: their lines are debug, the rest info.
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Statuses that reach the client before the route runs (FastAPI's parameter validation, routing).
+_REASONS = {404: "not_found", 405: "method_not_allowed", 422: "invalid_parameter"}
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    arrived: float  # time.monotonic() when the request came in: deadlines are measured from here
+    model: str = ""
+    version: str = ""
+    format: str = ""
+    error_code: str | None = None
+
+
+def access_record(request: Request) -> AccessRecord:
+    record: AccessRecord = request.state.access
+    return record
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = AccessRecord(time.monotonic())
+        scope.setdefault("state", {})["access"] = record
+        status = 500  # what the client sees if the app dies before answering
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        path: str = scope["path"]
+        if path == SEGMENT_PATH:
+            metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            latency = time.monotonic() - record.arrived
+            if path == SEGMENT_PATH:
+                metrics.IN_FLIGHT.dec()
+                _observe_segment(record, status, latency)
+            log.log(
+                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
+                "%s %s %d", scope["method"], path, status,
+                extra={"method": scope["method"], "path": path, "status": status,
+                       "latency_ms": round(latency * 1000, 2), "model": record.model or None,
+                       "version": record.version or None, "format": record.format or None,
+                       "error": record.error_code},
+            )
+
+
+def _observe_segment(record: AccessRecord, status: int, latency: float) -> None:
+    metrics.REQUESTS.labels(record.model, record.format, str(status)).inc()
+    if status < 400:
+        metrics.REQUEST_LATENCY.labels(record.model, record.format).observe(latency)
+    else:
+        reason = record.error_code or _REASONS.get(status, f"http_{status}")
+        metrics.REJECTIONS.labels(record.model, reason).inc()

@@ -1,0 +1,165 @@
+"""The application: the served models (session pool + batcher each), readiness, and the factory.
+
+Life of the process:
+1. ``create_app`` is given the scanned repository (a missing or empty one fails before serving).
+2. The lifespan starts loading in the background so ``/healthz`` answers at once: sessions are
+   created, the card is read and checked, a warm-up batch runs, the batcher starts; then
+   ``/readyz`` turns 200. A ``ModelLoadError`` marks the service failed, and ``__main__`` stops
+   the server with a non-zero exit code (never a half-ready server).
+3. ``begin_drain`` (SIGTERM) turns ``/readyz`` 503 at once; uvicorn lets in-flight requests
+   finish; the lifespan's end drains the batchers and closes the sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+from fastapi import FastAPI
+
+from service import metrics
+from service.access import AccessLog
+from service.api import router
+from service.batching import Batcher, RunBatch
+from service.errors import ModelLoadError, NotReady, install_error_handlers
+from service.model_card import ModelCard
+from service.repository import ModelRepository, ModelVersion
+from service.runtime import SessionPool, load_model
+from service.security import install_security
+from service.settings import Settings
+
+log = logging.getLogger("segserve.app")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    ref: ModelVersion
+    card: ModelCard
+    pool: SessionPool
+    batcher: Batcher
+
+
+class Service:
+    """Everything a request needs: the served models, the CPU worker threads, the state."""
+
+    def __init__(self, settings: Settings, repository: ModelRepository) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.models: dict[str, ServedModel] = {}
+        self.workers = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="cpu")
+        self.loaded = False
+        self.draining = False
+        self.failure: ModelLoadError | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining
+
+    def model(self, name: str | None, version: int | None) -> ServedModel:
+        """The loaded model a request names; NotReady while loading or draining."""
+        ref = self.repository.resolve(name, version)
+        if not self.ready:
+            raise NotReady("the service is " + ("draining" if self.draining else "loading models"))
+        return self.models[ref.key]
+
+    async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run decode/resize/encode work on the worker threads, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.workers, lambda: fn(*args, **kwargs))
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            log.info("draining: /readyz now answers 503; finishing in-flight requests")
+        self.draining = True
+
+    async def load(self) -> None:
+        try:
+            for ref in self.repository.all():
+                self.models[ref.key] = await self._serve(ref)
+        except ModelLoadError as exc:
+            self.failure = exc
+            log.error("cannot serve the model repository: %s", exc)
+            return
+        except Exception as exc:  # a bug, but the process must still stop rather than hang
+            self.failure = ModelLoadError(f"unexpected error while loading models: {exc!r}")
+            log.exception("unexpected error while loading models")
+            return
+        self.loaded = True
+        log.info("ready", extra={"models": sorted(self.models), "default": self.repository.default})
+
+    async def _serve(self, ref: ModelVersion) -> ServedModel:
+        started = time.perf_counter()
+        card, pool = await asyncio.to_thread(load_model, ref, self.settings)
+        spec = card.input
+        await asyncio.to_thread(pool.warm_up, np.zeros((1, 3, spec.height, spec.width), spec.dtype))
+        batcher = Batcher(
+            _instrumented(pool, ref),
+            max_batch_size=self.settings.max_batch_size,
+            max_delay_s=self.settings.max_batch_delay_s,
+            max_queue=self.settings.max_queue,
+            concurrency=pool.size,
+            name=ref.key,
+        )
+        await batcher.start()
+        metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set_function(lambda: batcher.depth)
+        metrics.MODEL_INFO.labels(ref.name, str(ref.version), pool.provider).set(1)
+        log.info("loaded %s", ref.key, extra={"provider": pool.provider, "sessions": pool.size,
+                                                "seconds": round(time.perf_counter() - started, 3)})
+        return ServedModel(ref, card, pool, batcher)
+
+    async def close(self) -> None:
+        """Finish queued work, then release sessions and threads."""
+        await asyncio.gather(*(m.batcher.stop() for m in self.models.values()))
+        for served in self.models.values():
+            served.pool.close()
+        self.workers.shutdown(wait=True)
+
+
+def _instrumented(pool: SessionPool, ref: ModelVersion) -> RunBatch:
+    infer_time = metrics.INFERENCE_TIME.labels(ref.name, str(ref.version))
+    batch_size = metrics.BATCH_SIZE.labels(ref.name, str(ref.version))
+
+    async def run_batch(batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        labels = await pool.run(batch)
+        infer_time.observe(time.perf_counter() - started)
+        batch_size.observe(len(batch))
+        return labels
+
+    return run_batch
+
+
+def create_app(settings: Settings, repository: ModelRepository) -> FastAPI:
+    service = Service(settings, repository)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(service.load(), name="load-models")
+        try:
+            yield
+        finally:
+            await loading  # sessions being created finish before we close them
+            await service.close()
+
+    app = FastAPI(
+        title="segserve",
+        version="0.1.0",
+        summary="Semantic-segmentation masks over HTTP (ONNX Runtime, dynamic batching)",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(AccessLog)
+    install_security(app, settings)  # outermost: the request id exists before anything logs
+    return app

@@ -1,0 +1,248 @@
+"""The dynamic batcher: one per served model, it turns concurrent requests into batches.
+
+Public API (everything else is private)::
+
+    batcher = Batcher(run_batch, max_batch_size=8, max_delay_s=0.005, max_queue=256,
+                      concurrency=1, name="shapes-fcn:1")
+    await batcher.start()
+    done = await batcher.submit(x, deadline=time.monotonic() + 30.0)  # -> Completed
+    done.value, done.queued_s, done.run_s, done.batch_size
+    batcher.depth          # items waiting in the queue (not yet in a batch)
+    await batcher.stop()   # refuse new items, finish every queued one, wait for running batches
+
+``run_batch(batch) -> outputs`` is an async callable; ``batch`` is a view of a preallocated
+``(n, *x.shape)`` array (valid only during the call) and ``outputs[i]`` is item i's answer.
+Every item submitted gets exactly one outcome:
+
+- its row of the outputs (``Completed``), in the order items were submitted within a batch;
+- ``Overloaded`` at once when ``max_queue`` items are already waiting (backpressure);
+- ``DeadlineExceeded`` when its deadline (``time.monotonic()`` seconds) passes before it is
+  taken into a batch; the waiter is answered at the deadline, not when a batch next forms;
+- ``InferenceFailed`` when ``run_batch`` raises: only that batch's items fail, the loop goes on;
+- ``NotReady`` when submitted after ``stop()`` began;
+- cancellation of the waiting ``submit`` call (client disconnected) removes the item from the
+  queue, so it frees its place and never runs.
+
+A batch is started as soon as ``max_batch_size`` items are queued, or ``max_delay_s`` after its
+first item *arrived* (an item that already waited for a busy session is not held back further).
+Up to ``concurrency`` batches run at once (one per ONNX Runtime session); while all are busy
+items keep queueing, so batches grow with load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+
+log = logging.getLogger("segserve.batching")
+
+RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """One item's answer and how long it spent where."""
+
+    value: np.ndarray
+    queued_s: float  # arrival -> its batch started running
+    run_s: float  # the batch's run_batch call
+    batch_size: int
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    x: np.ndarray
+    deadline: float
+    arrived: float
+    future: asyncio.Future[Completed]
+    expiry: asyncio.TimerHandle | None = field(default=None)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        concurrency: int = 1,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size, max_queue, concurrency >= 1 and max_delay_s >= 0")
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._run_batch = run_batch
+        self._queue: deque[_Item] = deque()
+        self._arrival = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._free_buffers: list[np.ndarray] = []
+        self._item_layout: tuple[tuple[int, ...], np.dtype] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        """Refuse new items, run every queued one, and wait until all batches have finished."""
+        self._stopping = True
+        self._arrival.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def submit(self, x: np.ndarray, *, deadline: float) -> Completed:
+        if self._stopping or self._loop_task is None:
+            raise NotReady(f"model {self.name} is not accepting requests (stopped or not started)")
+        self._check_layout(x)
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"model {self.name} has {self.depth} requests queued; retry later")
+        loop = asyncio.get_running_loop()
+        item = _Item(x, deadline, time.monotonic(), loop.create_future())
+        item.expiry = loop.call_at(_to_loop_time(loop, deadline), self._expire, item)
+        self._queue.append(item)
+        self._arrival.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._discard(item)
+            raise
+
+    def _check_layout(self, x: np.ndarray) -> None:
+        layout = (x.shape, x.dtype)
+        if self._item_layout is None:
+            self._item_layout = layout
+        elif layout != self._item_layout:
+            raise ValueError(f"{self.name} takes items of {self._item_layout}, got {layout}")
+
+    def _discard(self, item: _Item) -> None:
+        """Take a waiting item out of the queue (its waiter went away or its deadline passed)."""
+        if item.expiry is not None:
+            item.expiry.cancel()
+        with contextlib.suppress(ValueError):
+            self._queue.remove(item)
+
+    def _expire(self, item: _Item) -> None:
+        if not item.future.done():
+            self._discard(item)
+            waited_ms = (time.monotonic() - item.arrived) * 1000
+            item.future.set_exception(
+                DeadlineExceeded(f"request waited {waited_ms:.0f} ms for model {self.name} "
+                                 "and passed its deadline before inference")
+            )
+
+    async def _loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            items = await self._collect()
+            if not items:  # stopping and nothing left
+                self._slots.release()
+                return
+            task = asyncio.create_task(self._execute(items), name=f"batch:{self.name}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _collect(self) -> list[_Item]:
+        """Wait for a first item, then fill the batch until it is full or the delay is over."""
+        items: list[_Item] = []
+        close_at: float | None = None
+        while True:
+            self._take_ready(items)
+            if items and close_at is None:
+                close_at = items[0].arrived + self.max_delay_s
+            if len(items) >= self.max_batch_size or (items and self._stopping):
+                return items
+            if not items:
+                if self._stopping:
+                    return items
+                wait_s: float | None = None
+            else:
+                wait_s = close_at - time.monotonic()  # type: ignore[operator]
+                if wait_s <= 0:
+                    return items
+            self._arrival.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrival.wait(), wait_s)
+
+    def _take_ready(self, items: list[_Item]) -> None:
+        now = time.monotonic()
+        while self._queue and len(items) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.expiry is not None:
+                item.expiry.cancel()
+            if item.future.done():  # cancelled or expired meanwhile
+                continue
+            if item.deadline <= now:
+                self._expire_taken(item, now)
+                continue
+            items.append(item)
+
+    def _expire_taken(self, item: _Item, now: float) -> None:
+        item.future.set_exception(
+            DeadlineExceeded(f"request waited {(now - item.arrived) * 1000:.0f} ms for model "
+                             f"{self.name} and passed its deadline before inference")
+        )
+
+    async def _execute(self, items: list[_Item]) -> None:
+        buffer = self._buffer(items[0].x)
+        try:
+            n = len(items)
+            for i, item in enumerate(items):
+                buffer[i] = item.x
+            started = time.monotonic()
+            try:
+                outputs = await self._run_batch(buffer[:n])
+                if len(outputs) != n:
+                    raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {n} inputs")
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.exception("inference failed for a batch of %d on %s", n, self.name)
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(
+                            InferenceFailed(f"inference failed on model {self.name}")
+                        )
+                if isinstance(exc, Exception):
+                    return
+                raise
+            run_s = time.monotonic() - started
+            for i, item in enumerate(items):
+                if not item.future.done():
+                    item.future.set_result(
+                        Completed(outputs[i], started - item.arrived, run_s, n)
+                    )
+        finally:
+            self._free_buffers.append(buffer)
+            self._slots.release()
+
+    def _buffer(self, x: np.ndarray) -> np.ndarray:
+        """A reusable (max_batch_size, *x.shape) array: one per concurrently running batch."""
+        if self._free_buffers:
+            return self._free_buffers.pop()
+        return np.empty((self.max_batch_size, *x.shape), dtype=x.dtype)
+
+
+def _to_loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """Convert a ``time.monotonic()`` instant to the loop's clock (the same clock on CPython,
+    but the loop may be uvloop, whose clock is its own)."""
+    return loop.time() + (deadline - time.monotonic())

@@ -1,0 +1,93 @@
+"""The model repository: ``<root>/<name>/<version>/model.onnx``, its default model and versions.
+
+Discovery only looks at the folder layout; the model card is read from the file's
+``metadata_props`` when the session is created (``read_card``), so a file is opened once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.errors import ModelLoadError, ModelNotFound
+from service.model_card import ModelCard
+
+log = logging.getLogger("segserve.repository")
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class ModelRepository:
+    """What the repository folder holds; ``resolve`` maps a request's model/version to one."""
+
+    def __init__(self, versions: Mapping[str, Mapping[int, ModelVersion]], default: str) -> None:
+        self.versions = {name: dict(sorted(v.items())) for name, v in sorted(versions.items())}
+        self.default = default
+
+    @classmethod
+    def scan(cls, root: Path, default_model: str | None = None) -> ModelRepository:
+        if not root.is_dir():
+            raise ModelLoadError(f"model repository {root.resolve()} does not exist or is not a "
+                                 "folder (set SEGSERVE_MODEL_REPOSITORY)")
+        found: dict[str, dict[int, ModelVersion]] = {}
+        for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+                path = version_dir / MODEL_FILE
+                if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+                    log.warning("ignoring %s: a version folder is a positive integer", version_dir)
+                elif not path.is_file():
+                    log.warning("ignoring %s: no %s in it", version_dir, MODEL_FILE)
+                else:
+                    v = ModelVersion(model_dir.name, int(version_dir.name), path)
+                    found.setdefault(model_dir.name, {})[v.version] = v
+        if not found:
+            raise ModelLoadError(f"no models in {root.resolve()}: expected "
+                                 f"<name>/<version>/{MODEL_FILE}")
+        if default_model is None:
+            default_model = next(iter(sorted(found)))
+        elif default_model not in found:
+            raise ModelLoadError(f"SEGSERVE_DEFAULT_MODEL={default_model} is not in {root} "
+                                 f"(found: {', '.join(sorted(found))})")
+        return cls(found, default_model)
+
+    def all(self) -> list[ModelVersion]:
+        return [v for versions in self.versions.values() for v in versions.values()]
+
+    def latest(self, name: str) -> ModelVersion:
+        return next(reversed(self.versions[name].values()))
+
+    def resolve(self, name: str | None, version: int | None) -> ModelVersion:
+        """The model a request asks for: default model, latest version unless named."""
+        name = self.default if name is None else name
+        versions = self.versions.get(name)
+        if versions is None:
+            raise ModelNotFound(f"no model named '{name}' (available: {', '.join(self.versions)})")
+        if version is None:
+            return self.latest(name)
+        if version not in versions:
+            raise ModelNotFound(f"model '{name}' has no version {version} "
+                                f"(available: {', '.join(map(str, versions))})")
+        return versions[version]
+
+
+def read_card(metadata: Mapping[str, str], model: ModelVersion) -> ModelCard:
+    """The model card from ONNX ``metadata_props``; a clear ``ModelLoadError`` when unusable."""
+    try:
+        return ModelCard.from_metadata(dict(metadata))
+    except (ValueError, ValidationError) as exc:
+        raise ModelLoadError(f"{model.path}: invalid model card: {exc}") from exc

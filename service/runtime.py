@@ -1,0 +1,209 @@
+"""ONNX Runtime: which execution provider, how sessions are configured, and the session pool.
+
+Provider choice (``SEGSERVE_PROVIDER``):
+- ``cpu``: the CPU provider.
+- ``cuda`` / ``tensorrt``: that provider or a ``ModelLoadError`` (never a silent CPU fallback:
+  someone who asked for a GPU wants to know they did not get one).
+- ``auto``: CUDA only when this ONNX Runtime build lists it *and* a session really comes up with it
+  first; otherwise CPU. On a CPU build CUDA is never tried, so nothing is logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import ModelLoadError
+from service.model_card import ModelCard
+from service.repository import ModelVersion, read_card
+from service.settings import Provider, Settings
+
+log = logging.getLogger("segserve.runtime")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+DISPLAY_NAMES = {CPU: "CPU", CUDA: "CUDA", TENSORRT: "TensorRT"}
+
+ProviderSpec = str | tuple[str, dict[str, str]]
+_ORT_DTYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One way to create a session: the providers to pass, and which one must end up first."""
+
+    providers: tuple[ProviderSpec, ...]
+    expect: str
+    required: bool  # False: on failure, quietly try the next attempt
+
+
+def plan_providers(
+    requested: Provider, available: list[str], *, trt_cache_dir: Path, trt_fp16: bool
+) -> list[Attempt]:
+    """The session attempts for ``requested`` given ``ort.get_available_providers()``."""
+    if requested == "cpu":
+        return [Attempt((CPU,), CPU, required=True)]
+    if requested in ("cuda", "tensorrt"):
+        wanted = CUDA if requested == "cuda" else TENSORRT
+        if wanted not in available:
+            raise ModelLoadError(
+                f"SEGSERVE_PROVIDER={requested} but this ONNX Runtime build has no {wanted} "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu "
+                "(`make serve ORT=gpu`) or set SEGSERVE_PROVIDER=auto"
+            )
+        if requested == "cuda":
+            return [Attempt((CUDA, CPU), CUDA, required=True)]
+        trt_options = {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(trt_cache_dir),
+            "trt_fp16_enable": str(trt_fp16),
+        }
+        # Nodes TensorRT cannot take run on CUDA, then CPU.
+        return [Attempt(((TENSORRT, trt_options), CUDA, CPU), TENSORRT, required=True)]
+    attempts = [Attempt((CUDA, CPU), CUDA, required=False)] if CUDA in available else []
+    return [*attempts, Attempt((CPU,), CPU, required=True)]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    # One graph per request batch, run start to end: parallelism comes from batches and sessions.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: provider probing must not spam the log
+    return options
+
+
+def open_session(
+    path: Path, settings: Settings, *, available: list[str] | None = None
+) -> ort.InferenceSession:
+    """Create a session on the provider ``settings.provider`` resolves to (see module doc)."""
+    if settings.provider == "tensorrt":
+        settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+    attempts = plan_providers(
+        settings.provider,
+        ort.get_available_providers() if available is None else available,
+        trt_cache_dir=settings.trt_cache_dir,
+        trt_fp16=settings.trt_fp16,
+    )
+    for attempt in attempts:
+        wanted = DISPLAY_NAMES[attempt.expect]
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(settings), providers=list(attempt.providers)
+            )
+        except Exception as exc:  # ORT raises its own pybind exception types
+            if attempt.required:
+                raise ModelLoadError(f"cannot load {path} on {wanted}: {exc}") from exc
+            log.info("%s session for %s failed (%s); using the next provider", wanted, path, exc)
+            continue
+        got = session.get_providers()[0]
+        if got == attempt.expect:
+            return session
+        if attempt.required:
+            raise ModelLoadError(
+                f"asked for {wanted} for {path} but ONNX Runtime gave {DISPLAY_NAMES.get(got, got)}"
+                " (check the CUDA/cuDNN/TensorRT libraries)"
+            )
+        log.info("%s not usable for %s (session came up on %s); using CPU", wanted, path, got)
+    raise AssertionError("the last attempt is always required")  # pragma: no cover
+
+
+def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+    """Refuse a model whose tensors do not match its card, at load rather than per request."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise ModelLoadError(f"{path}: expected one input and an output, got "
+                             f"{len(inputs)} inputs and {len(outputs)} outputs")
+    shape = inputs[0].shape
+    expected = [None, 3, card.input.height, card.input.width]
+    if len(shape) != 4 or any(
+        isinstance(dim, int) and want is not None and dim != want
+        for dim, want in zip(shape, expected, strict=True)
+    ):
+        raise ModelLoadError(f"{path}: input shape {shape} does not match the card's "
+                             f"N x 3 x {card.input.height} x {card.input.width}")
+    if inputs[0].type != _ORT_DTYPES[card.input.dtype]:
+        raise ModelLoadError(f"{path}: input type {inputs[0].type} but the card says "
+                             f"{card.input.dtype}")
+    rank = 4 if card.output.kind == "logits" else 3
+    if len(outputs[0].shape) != rank:
+        raise ModelLoadError(f"{path}: output '{outputs[0].name}' has rank "
+                             f"{len(outputs[0].shape)}, a '{card.output.kind}' output has {rank}")
+
+
+class Runner:
+    """One session; ``run`` turns an input batch into uint8 labels (N, h, w). One thread each."""
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard) -> None:
+        self.session = session
+        self.provider = session.get_providers()[0]
+        self._input = session.get_inputs()[0].name
+        self._output = session.get_outputs()[0].name
+        self._logits = card.output.kind == "logits"
+        # On a GPU, bind input and output: one host->device copy per batch, output lands on CPU.
+        self._binding = session.io_binding() if self.provider != CPU else None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._binding is None:
+            (out,) = self.session.run([self._output], {self._input: batch})
+        else:
+            self._binding.bind_cpu_input(self._input, batch)
+            self._binding.bind_output(self._output, "cpu")
+            self.session.run_with_iobinding(self._binding)
+            out = self._binding.copy_outputs_to_cpu()[0]
+        # Only uint8 labels move on: argmax right after inference when the model gives logits.
+        return out.argmax(axis=1).astype(np.uint8) if self._logits else out.astype(np.uint8)
+
+
+class SessionPool:
+    """``size`` sessions of one model, each with its own thread; ``run`` takes an idle one."""
+
+    def __init__(self, runners: list[Runner], name: str) -> None:
+        self.name = name
+        self._idle = deque(runners)
+        self._free = asyncio.Semaphore(len(runners))
+        self._executor = ThreadPoolExecutor(len(runners), thread_name_prefix=f"ort-{name}")
+        self.size = len(runners)
+        self.provider = DISPLAY_NAMES.get(runners[0].provider, runners[0].provider)
+
+    async def run(self, batch: np.ndarray) -> np.ndarray:
+        async with self._free:
+            runner = self._idle.popleft()
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, runner.run, batch)
+            finally:
+                self._idle.append(runner)
+
+    def warm_up(self, batch: np.ndarray) -> None:
+        """Run ``batch`` through every session (blocking): first-run allocations and kernel
+        selection happen here, not in a client's request."""
+        for runner in self._idle:
+            runner.run(batch)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def load_model(model: ModelVersion, settings: Settings) -> tuple[ModelCard, SessionPool]:
+    """Open ``settings.sessions`` sessions of ``model`` and read its card (blocking: start-up).
+
+    Raises ModelLoadError for a corrupt file, a missing or invalid card, tensors that do not
+    match the card, or a provider that cannot be had.
+    """
+    first = open_session(model.path, settings)
+    card = read_card(first.get_modelmeta().custom_metadata_map, model)
+    sessions = [first] + [open_session(model.path, settings) for _ in range(settings.sessions - 1)]
+    for session in sessions:
+        check_signature(session, card, model.path)
+    return card, SessionPool([Runner(s, card) for s in sessions], model.key)
