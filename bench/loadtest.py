@@ -49,6 +49,7 @@ class LoadSpec:
     base_url: str
     body: bytes
     content_type: str = "image/jpeg"
+    multipart: bool = False  # send the image as part "image" of multipart/form-data
     format: str = "png"
     concurrency: int | None = 8  # closed loop when set
     rate: float | None = None  # open loop (requests/s) when set; wins over concurrency
@@ -160,10 +161,21 @@ class _Recorder:
                 self.samples[j] = body
 
 
-async def _send(client: httpx.AsyncClient, url: str, spec: LoadSpec, headers: dict[str, str],
+def request_body(spec: LoadSpec) -> tuple[bytes, dict[str, str]]:
+    """The request body and headers, built once for the whole run."""
+    if not spec.multipart:
+        return spec.body, {"content-type": spec.content_type}
+    boundary = "segserve-bench-5f0c1b9e"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"image\"\r\nContent-Type: {spec.content_type}\r\n\r\n").encode()
+    body = head + spec.body + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+async def _send(client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str],
                 scheduled: float, recorder: _Recorder | None) -> None:
     try:
-        response = await client.post(url, content=spec.body, headers=headers)
+        response = await client.post(url, content=content, headers=headers)
         status, body = str(response.status_code), response.content
     except httpx.HTTPError as exc:
         status, body = type(exc).__name__, b""
@@ -171,7 +183,7 @@ async def _send(client: httpx.AsyncClient, url: str, spec: LoadSpec, headers: di
         recorder.record(scheduled, status, body if status == "200" else None)
 
 
-async def _closed_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec,
+async def _closed_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec, content: bytes,
                        headers: dict[str, str], recorder: _Recorder, window: _Window) -> None:
     async def worker() -> None:
         while True:
@@ -179,13 +191,13 @@ async def _closed_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec,
             measured = now >= window.start
             if measured and not window.admit():
                 return
-            await _send(client, url, spec, headers, now, recorder if measured else None)
+            await _send(client, url, content, headers, now, recorder if measured else None)
 
     assert spec.concurrency
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
 
-async def _open_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec,
+async def _open_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec, content: bytes,
                      headers: dict[str, str], recorder: _Recorder, window: _Window) -> None:
     assert spec.rate
     rng = random.Random(spec.seed)
@@ -205,7 +217,7 @@ async def _open_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec,
                 recorder.record(scheduled, "client_backlog", None)
             continue
         task = asyncio.create_task(
-            _send(client, url, spec, headers, scheduled, recorder if measured else None))
+            _send(client, url, content, headers, scheduled, recorder if measured else None))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     if in_flight:
@@ -264,7 +276,7 @@ def check_answer(body: bytes, fmt: str, size: tuple[int, int]) -> str | None:
 async def _run(spec: LoadSpec) -> LoadResult:
     require_loopback(spec.base_url)
     url = f"{spec.base_url.rstrip('/')}/segment?{urlencode({'format': spec.format})}"
-    headers = {"content-type": spec.content_type}
+    content, headers = request_body(spec)
     connections = spec.concurrency if spec.mode == "closed" else MAX_IN_FLIGHT_OPEN_LOOP
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     recorder = _Recorder(spec)
@@ -273,7 +285,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
     async with httpx.AsyncClient(timeout=spec.timeout_s, limits=limits) as client:
         progress = asyncio.create_task(_progress(spec, recorder, window))
         loop = _closed_loop if spec.mode == "closed" else _open_loop
-        load = asyncio.create_task(loop(client, url, spec, headers, recorder, window))
+        load = asyncio.create_task(loop(client, url, spec, content, headers, recorder, window))
         # Sample both sides' CPU clocks at the start of the measured window.
         await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
         client_cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -341,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", default="small",
                         help="'small' (640x480), 'large' (4000x3000) or a JPEG path")
     parser.add_argument("--format", default="png", choices=["png", "rle", "overlay"])
+    parser.add_argument("--multipart", action="store_true", help="multipart/form-data upload")
     loop = parser.add_mutually_exclusive_group()
     loop.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight")
     loop.add_argument("--rate", type=float, help="open loop: mean arrivals per second (Poisson)")
@@ -358,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     spec = LoadSpec(
-        base_url=args.url, body=_load_body(args.image), format=args.format,
+        base_url=args.url, body=_load_body(args.image), multipart=args.multipart,
+        format=args.format,
         concurrency=None if args.rate else args.concurrency, rate=args.rate,
         duration_s=args.duration, requests=args.requests, warmup_s=args.warmup,
         timeout_s=args.timeout, check=args.check, server_pid=args.server_pid,

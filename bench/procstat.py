@@ -1,29 +1,63 @@
-"""A process's resident memory and CPU time, read from /proc (Linux), for server-side figures."""
+"""A server's resident memory and CPU time, read from /proc (Linux), for server-side figures.
+
+A server may be a process tree (LitServe forks inference workers), so both figures cover the
+process and all its descendants. segserve is one process: there the tree is just the process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def rss_bytes(pid: int) -> int:
-    """VmRSS of ``pid`` (threads share it, so this is the whole server process)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its living descendants."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(child) for child in f.read().split()]
+        i += 1
+    return pids
+
+
+def _rss_one(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return 0  # a zombie has no VmRSS line
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and all its threads so far."""
+def _cpu_one(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         # The command name may contain spaces: fields start after the last ')'.
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of ``pid`` plus its descendants' (shared pages count once per process)."""
+    return int(_sum_over_tree(pid, _rss_one))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of ``pid``, its threads and its living descendants."""
+    return _sum_over_tree(pid, _cpu_one)
+
+
+def _sum_over_tree(pid: int, measure: Callable[[int], float]) -> float:
+    total = measure(pid)  # the root must exist: let its OSError through
+    for child in process_tree(pid)[1:]:
+        with contextlib.suppress(OSError):  # a child may exit between listing and reading
+            total += measure(child)
+    return total
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPOSITORY = ROOT / "models"
 DEFAULT_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "1" / "model.onnx"
+# LitServe lives in its own venv (never in .venv): see docs/PERFORMANCE.md.
+LITSERVE_PYTHON = os.environ.get("LITSERVE_PYTHON", "/tmp/litserve-venv/bin/python")
+# Servers that take the image as multipart/form-data only.
+MULTIPART_ONLY = frozenset({"litserve"})
 
 
 @dataclass
@@ -43,6 +47,9 @@ def command_for(kind: str, model: Path, port: int) -> list[str]:
         return [sys.executable, "-m", "service"]
     if kind == "naive":
         return [sys.executable, "-m", "bench.baselines.naive_server", str(model),
+                "--port", str(port)]
+    if kind == "litserve":
+        return [LITSERVE_PYTHON, "-m", "bench.baselines.litserve_server", str(model),
                 "--port", str(port)]
     raise ValueError(f"unknown server kind {kind!r}")
 

@@ -19,19 +19,19 @@ from pathlib import Path
 
 from bench.loadtest import LoadResult
 from bench.procstat import load_average
-from bench.server import DEFAULT_MODEL, ROOT, serve
+from bench.server import DEFAULT_MODEL, MULTIPART_ONLY, ROOT, serve
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def run_level(base_url: str, pid: int, concurrency: int, args: argparse.Namespace,
+def run_level(kind: str, base_url: str, pid: int, concurrency: int, args: argparse.Namespace,
               out: Path) -> dict:
     command = [
         sys.executable, "-m", "bench.loadtest", "--url", base_url, "--image", args.image,
         "--concurrency", str(concurrency), "--duration", str(args.duration),
         "--warmup", str(args.warmup), "--server-pid", str(pid), "--json", str(out),
-        "--no-progress",
+        "--no-progress", *(["--multipart"] if kind in MULTIPART_ONLY else []),
     ]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -81,7 +81,8 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--servers", default="segserve,naive")
+    parser.add_argument("--servers", default="segserve,naive",
+                        help="comma-separated: segserve, naive, litserve (needs its own venv)")
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_LEVELS)))
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         with serve(kind, args.model, tmp / f"{kind}.log", settings) as server:
             for c in levels:
-                row = run_level(server.base_url, server.pid, c, args, tmp / f"{kind}-c{c}.json")
+                out = tmp / f"{kind}-c{c}.json"
+                row = run_level(kind, server.base_url, server.pid, c, args, out)
                 rows.append(row)
                 print(LoadResult(**row).markdown_row(kind), flush=True)
         results[kind] = rows

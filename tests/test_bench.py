@@ -96,7 +96,7 @@ def test_offline_pipeline_gives_the_models_answer(tiny_model: Path) -> None:
     assert np.all(np.asarray(mask) == 1)
 
 
-@pytest.mark.parametrize("kind", ["naive"])
+@pytest.mark.parametrize("kind", ["segserve", "naive"])
 def test_loadtest_closed_and_open_loop(kind: str, tiny_model: Path, tmp_path: Path) -> None:
     body = sample_jpeg("small")
     with serve(kind, tiny_model, tmp_path / f"{kind}.log", ready_timeout_s=60) as server:
