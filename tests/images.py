@@ -79,3 +79,22 @@ def corrupt_png_crc(data: bytes) -> bytes:
     crc_at = 8 + 4 + 4 + 13  # signature, length, type, IHDR payload
     broken[crc_at] ^= 0xFF
     return bytes(broken)
+
+
+def png_with_short_ihdr() -> bytes:
+    """A PNG whose IHDR chunk (valid CRC) holds 4 bytes instead of 13."""
+    ihdr = struct.pack(">I", 16)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b"")
+
+
+def tiff_with_tag_type(tag: int, field_type: int) -> bytes:
+    """A small little-endian TIFF whose IFD entry for ``tag`` claims another field type."""
+    data = bytearray(encode(quadrants(24, 16), "TIFF"))
+    assert data[:2] == b"II", "Pillow writes little-endian TIFF"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == tag:
+            struct.pack_into("<H", data, at + 2, field_type)
+            return bytes(data)
+    raise ValueError(f"no tag {tag} in the TIFF")

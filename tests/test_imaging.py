@@ -263,9 +263,12 @@ def _truncated_png() -> bytes:
         images.encode(images.quadrants(), "PPM"),  # Pillow reads it, the service does not
         images.encode(images.quadrants(), "ICO"),
         b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        # Malformed headers on which Pillow raises ValueError rather than OSError (found by fuzzing)
+        images.png_with_short_ihdr(),
+        images.tiff_with_tag_type(278, 5),  # RowsPerStrip as a RATIONAL: "invalid extents"
     ],
     ids=["empty", "one-byte", "random", "truncated-jpeg", "truncated-png", "png-bad-crc",
-         "jpeg-signature-only", "ppm", "ico", "svg"],
+         "jpeg-signature-only", "ppm", "ico", "svg", "png-short-ihdr", "tiff-bad-tag-type"],
 )
 def test_bad_bytes_are_invalid_images(data: bytes) -> None:
     with pytest.raises(InvalidImage):
