@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from bench import procstat
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPOSITORY = ROOT / "models"
 DEFAULT_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "1" / "model.onnx"
@@ -84,6 +86,39 @@ def serve(kind: str, model: Path, log_path: Path, settings: dict[str, str] | Non
         _stop(process)
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server, then any of its descendants still alive (LitServe's workers outlive
+    their parent otherwise); each by its own PID, SIGKILL only after a grace period."""
+    tree = procstat.process_tree(process.pid) if process.poll() is None else [process.pid]
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    leftovers = [pid for pid in tree[1:] if _alive(pid)]
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in leftovers):
+        time.sleep(0.1)
+    for pid in leftovers:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _wait_ready(server: RunningServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -95,13 +130,3 @@ def _wait_ready(server: RunningServer, timeout_s: float) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{server.kind} not ready after {timeout_s}s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
