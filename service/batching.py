@@ -163,39 +163,43 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Item]:
-        """Wait for a first item, then fill the batch until it is full or the delay is over."""
-        items: list[_Item] = []
-        close_at: float | None = None
+        """Wait until a batch is due and take it from the queue; [] once stopped and empty.
+
+        Items stay queued (counted by ``depth``, subject to their deadline and cancellation)
+        until their batch closes: when ``max_batch_size`` are waiting, when the oldest has waited
+        ``max_delay_s``, or at once while stopping.
+        """
         while True:
-            self._take_ready(items)
-            if items and close_at is None:
-                close_at = items[0].arrived + self.max_delay_s
-            if len(items) >= self.max_batch_size or (items and self._stopping):
+            await self._batch_due()
+            if not self._queue:
+                return []  # stopping, nothing left
+            items: list[_Item] = []
+            now = time.monotonic()
+            while self._queue and len(items) < self.max_batch_size:
+                item = self._queue.popleft()
+                if item.expiry is not None:
+                    item.expiry.cancel()
+                if item.future.done():  # cancelled; its waiter has not run to remove it yet
+                    continue
+                if item.deadline <= now:  # its timer is due but has not run yet
+                    self._expire_taken(item, now)
+                else:
+                    items.append(item)
+            if items:
                 return items
-            if not items:
-                if self._stopping:
-                    return items
-                wait_s: float | None = None
-            else:
-                wait_s = close_at - time.monotonic()  # type: ignore[operator]
+
+    async def _batch_due(self) -> None:
+        while not self._stopping:
+            wait_s: float | None = None
+            if self._queue:
+                if len(self._queue) >= self.max_batch_size:
+                    return
+                wait_s = self._queue[0].arrived + self.max_delay_s - time.monotonic()
                 if wait_s <= 0:
-                    return items
+                    return
             self._arrival.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrival.wait(), wait_s)
-
-    def _take_ready(self, items: list[_Item]) -> None:
-        now = time.monotonic()
-        while self._queue and len(items) < self.max_batch_size:
-            item = self._queue.popleft()
-            if item.expiry is not None:
-                item.expiry.cancel()
-            if item.future.done():  # cancelled or expired meanwhile
-                continue
-            if item.deadline <= now:
-                self._expire_taken(item, now)
-                continue
-            items.append(item)
 
     def _expire_taken(self, item: _Item, now: float) -> None:
         item.future.set_exception(
@@ -206,6 +210,10 @@ class Batcher:
     async def _execute(self, items: list[_Item]) -> None:
         buffer = self._buffer(items[0].x)
         try:
+            # Waiters cancelled while the batch was filling: their items must not run.
+            items = [item for item in items if not item.future.done()]
+            if not items:
+                return
             n = len(items)
             for i, item in enumerate(items):
                 buffer[i] = item.x
