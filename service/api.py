@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -34,6 +35,7 @@ from service.errors import (
 
 if TYPE_CHECKING:
     from service.app import ServedModel, Service
+    from service.model_card import ModelCard
 
 router = APIRouter()
 
@@ -176,9 +178,7 @@ async def _segment(
     t0 = time.perf_counter()
     # png/rle only need the model's input size, so a big JPEG is decoded at a reduced scale.
     min_size = None if fmt is OutputFormat.overlay else (card.input.width, card.input.height)
-    decoded = await service.run_cpu(imaging.decode, data, max_pixels=settings.max_pixels,
-                                    min_size=min_size)
-    x = await service.run_cpu(imaging.prepare, decoded.image, card.input)
+    decoded, x = await service.run_cpu(_decode, data, card, settings.max_pixels, min_size)
     t1 = time.perf_counter()
 
     deadline = access_record(request).arrived + settings.request_timeout_s
@@ -199,6 +199,12 @@ async def _segment(
         headers={"X-Model": ref.name, "X-Model-Version": str(ref.version),
                  "Server-Timing": timing},
     )
+
+
+def _decode(data: bytes, card: ModelCard, max_pixels: int,
+            min_size: tuple[int, int] | None) -> tuple[imaging.DecodedImage, np.ndarray]:
+    decoded = imaging.decode(data, max_pixels=max_pixels, min_size=min_size)
+    return decoded, imaging.prepare(decoded.image, card.input)
 
 
 def _encode(fmt: OutputFormat, labels: np.ndarray, decoded: imaging.DecodedImage,
@@ -382,8 +388,8 @@ async def readyz(request: Request) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", tags=["health"],
-            responses={200: {"content": {"text/plain": {}}, "description": "text exposition"}})
+@router.get("/metrics", summary="Prometheus metrics (text exposition)", tags=["health"],
+            response_class=PlainTextResponse)
 async def prometheus_metrics() -> Response:
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

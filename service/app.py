@@ -66,10 +66,11 @@ class Service:
         return self.loaded and not self.draining
 
     def model(self, name: str | None, version: int | None) -> ServedModel:
-        """The loaded model a request names; NotReady while loading or draining."""
+        """The loaded model a request names; NotReady while loading. Draining still serves:
+        requests keep coming until load balancers have seen /readyz turn 503."""
         ref = self.repository.resolve(name, version)
-        if not self.ready:
-            raise NotReady("the service is " + ("draining" if self.draining else "loading models"))
+        if not self.loaded:
+            raise NotReady("models are still loading")
         return self.models[ref.key]
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
