@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unauthorized, problem_from
 from service.settings import Settings
+
+log = logging.getLogger("segserve.security")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client-supplied id is echoed only if it cannot smuggle anything into headers or log lines.
@@ -81,6 +84,10 @@ class ApiKeyMiddleware:
         if token is not None and self._is_valid(token):
             await self.app(scope, receive, send)
             return
+        # The access log sits inside this middleware, so refusals are logged here.
+        client = scope.get("client")
+        log.warning("refused %s %s: %s API key", scope["method"], scope["path"],
+                    "invalid" if token else "no", extra={"client": client[0] if client else None})
         if token is None:
             error = Unauthorized(
                 "Send an API key as 'Authorization: Bearer <key>'.",
