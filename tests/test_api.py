@@ -26,7 +26,7 @@ DEFAULT_SIDE = SIZES["tiny", 2]  # the default model's latest version answers by
 RED, GREEN = (230, 10, 10), (10, 220, 10)
 
 
-# -- helpers --------------------------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------------
 def scene(seed: int, width: int = 80, height: int = 60) -> Image.Image:
     """A red blob in the left part and a green one in the right part, on black or white.
 
@@ -95,7 +95,7 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-# -- formats --------------------------------------------------------------------------------------
+# -- formats ---------------------------------------------------------------------------------------
 def test_png_multipart_is_the_models_mask_at_image_size(client: httpx.Client) -> None:
     image = scene(1, 90, 70)
     response = client.post("/segment", files={"image": ("s.png", encoded(image), PNG)})
@@ -168,7 +168,7 @@ def test_overlay_blends_class_colours_over_the_image(client: httpx.Client) -> No
         assert np.abs(overlay - blended)[mask > 0].max() <= 1
 
 
-# -- negotiation, models and versions ----------------------------------------------------------
+# -- negotiation, models and versions --------------------------------------------------------------
 @pytest.mark.parametrize(
     ("accept", "expected"),
     [("application/json", JSON), ("image/png", PNG), ("*/*", PNG), ("image/*", PNG),
@@ -228,7 +228,7 @@ def test_one_json_log_line_per_request(client: httpx.Client, server: Server) -> 
     assert access[0]["latency_ms"] > 0
 
 
-# -- models, health, docs -------------------------------------------------------------------------
+# -- models, health, docs --------------------------------------------------------------------------
 def test_models_lists_everything_api_md_promises(client: httpx.Client) -> None:
     body = client.get("/models").json()
     assert body["default"] == "tiny"
@@ -273,7 +273,7 @@ def test_openapi_documents_parameters_bodies_and_responses(client: httpx.Client)
         assert PROBLEM in responses[status]["content"], status
 
 
-# -- metrics --------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 def test_metrics_are_exported_and_count(client: httpx.Client) -> None:
     ok = ("segserve_requests_total", frozenset({"model": "tiny", "format": "rle",
                                                 "code": "200"}.items()))
@@ -321,7 +321,7 @@ def _batch_counts(client: httpx.Client) -> tuple[float, float]:
     return count, ones
 
 
-# -- the error table ------------------------------------------------------------------------------
+# -- the error table -------------------------------------------------------------------------------
 def _multipart(name: str, data: bytes) -> dict:
     return {"files": {name: ("x.png", data, PNG)}}
 

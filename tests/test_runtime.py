@@ -1,0 +1,170 @@
+"""ONNX Runtime: provider selection (with the real CPU build), session options, the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.errors import ModelLoadError
+from service.model_card import METADATA_KEY
+from service.repository import ModelVersion
+from service.runtime import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    Runner,
+    check_signature,
+    load_model,
+    open_session,
+    plan_providers,
+    session_options,
+)
+from service.settings import Settings
+from tests.support import expected_labels, tiny_card, tiny_model, write_tiny_model
+
+GPU_BUILD = [TENSORRT, CUDA, CPU]
+
+
+def plan(requested: str, available: list[str]) -> list:
+    return plan_providers(requested, available,  # type: ignore[arg-type]
+                          trt_cache_dir=Path("/cache"), trt_fp16=True)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+def test_cpu_is_cpu_whatever_the_build() -> None:
+    for available in ([CPU], GPU_BUILD):
+        (attempt,) = plan("cpu", available)
+        assert (attempt.providers, attempt.expect, attempt.required) == ((CPU,), CPU, True)
+
+
+def test_auto_on_a_cpu_build_never_tries_cuda() -> None:
+    (attempt,) = plan("auto", ["AzureExecutionProvider", CPU])
+    assert attempt.providers == (CPU,)
+
+
+def test_auto_on_a_gpu_build_tries_cuda_then_falls_back_to_cpu() -> None:
+    first, second = plan("auto", GPU_BUILD)
+    assert (first.providers, first.expect, first.required) == ((CUDA, CPU), CUDA, False)
+    assert (second.providers, second.required) == ((CPU,), True)
+
+
+def test_explicit_gpu_providers_are_required() -> None:
+    (cuda,) = plan("cuda", GPU_BUILD)
+    assert (cuda.providers, cuda.expect, cuda.required) == ((CUDA, CPU), CUDA, True)
+    (trt,) = plan("tensorrt", GPU_BUILD)
+    assert trt.expect == TENSORRT
+    assert trt.required
+    (name, options), *fallbacks = trt.providers
+    assert name == TENSORRT
+    assert fallbacks == [CUDA, CPU]
+    assert options == {"trt_engine_cache_enable": "True", "trt_engine_cache_path": "/cache",
+                       "trt_fp16_enable": "True"}
+
+
+@pytest.mark.parametrize("requested", ["cuda", "tensorrt"])
+def test_explicit_gpu_provider_missing_from_the_build_is_a_clear_error(requested: str) -> None:
+    with pytest.raises(ModelLoadError, match=f"SEGSERVE_PROVIDER={requested}.*onnxruntime-gpu"):
+        plan(requested, [CPU])
+
+
+# -- real sessions on this CPU build ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("repo"), "tiny", 1, size=8)
+
+
+def test_auto_on_this_machine_is_cpu_without_error_logs(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="segserve"):
+        session = open_session(model_path, Settings(provider="auto"))
+    assert session.get_providers()[0] == CPU
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_auto_falls_back_when_a_listed_cuda_does_not_come_up(model_path: Path) -> None:
+    # The build claims CUDA but no session can get it (as on a GPU build without a GPU):
+    # ONNX Runtime silently gives CPU, and auto must accept that quietly.
+    session = open_session(model_path, Settings(provider="auto"), available=[CUDA, CPU])
+    assert session.get_providers()[0] == CPU
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_explicit_cuda_that_does_not_come_up_is_an_error(model_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"asked for CUDA .* gave CPU"):
+        open_session(model_path, Settings(provider="cuda"), available=[CUDA, CPU])
+
+
+def test_explicit_cuda_on_this_cpu_build_is_an_error(model_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no CUDAExecutionProvider"):
+        open_session(model_path, Settings(provider="cuda"))
+
+
+def test_session_options_follow_the_settings() -> None:
+    options = session_options(Settings(intra_op_threads=3))
+    assert options.intra_op_num_threads == 3
+    assert options.inter_op_num_threads == 1
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_a_corrupt_file_is_a_model_load_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07 this is not protobuf")
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        open_session(path, Settings(provider="cpu"))
+
+
+# -- runners, cards and the pool -------------------------------------------------------------------
+@pytest.mark.parametrize("output", ["logits", "labels"])
+def test_runner_returns_uint8_labels_for_both_output_kinds(tmp_path: Path, output: str) -> None:
+    path = write_tiny_model(tmp_path, "tiny", 1, size=8, output=output)
+    card, pool = load_model(ModelVersion("tiny", 1, path), Settings(provider="cpu"))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    batch = (pixels / 255).astype(np.float32).transpose(0, 3, 1, 2).copy()
+    labels = asyncio.run(pool.run(batch))
+    pool.close()
+    assert card.output.kind == output
+    assert labels.dtype == np.uint8
+    assert labels.shape == (3, 8, 8)
+    for image, got in zip(pixels, labels, strict=True):
+        np.testing.assert_array_equal(got, expected_labels(image))
+
+
+def test_pool_has_the_configured_sessions_and_runs_them_concurrently(model_path: Path) -> None:
+    _, pool = load_model(ModelVersion("tiny", 1, model_path), Settings(provider="cpu", sessions=3))
+    assert (pool.size, pool.provider) == (3, "CPU")
+    batch = np.zeros((2, 3, 8, 8), np.float32)
+
+    async def many() -> list[np.ndarray]:
+        return await asyncio.gather(*(pool.run(batch) for _ in range(12)))
+
+    results = asyncio.run(many())
+    pool.close()
+    assert all(r.shape == (2, 8, 8) and not r.any() for r in results)  # black is background
+
+
+def test_a_model_without_a_card_is_refused(tmp_path: Path) -> None:
+    model = tiny_model(tiny_card(size=8))
+    del model.metadata_props[:]
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelLoadError, match=f"no '{METADATA_KEY}'"):
+        load_model(ModelVersion("bare", 1, path), Settings(provider="cpu"))
+
+
+def test_a_card_that_does_not_match_the_tensors_is_refused(model_path: Path) -> None:
+    session = open_session(model_path, Settings(provider="cpu"))
+    with pytest.raises(ModelLoadError, match="does not match the card"):
+        check_signature(session, tiny_card(size=16), model_path)
+    with pytest.raises(ModelLoadError, match="a 'labels' output has 3"):
+        check_signature(session, tiny_card(size=8, output="labels"), model_path)
+    check_signature(session, tiny_card(size=8), model_path)
+    assert Runner(session, tiny_card(size=8)).provider == CPU
