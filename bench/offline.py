@@ -35,6 +35,7 @@ import numpy as np
 from bench.images import sample_jpeg
 from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL
+from bench.variant import add_ort_config
 from service import imaging, masks, runtime
 from service.model_card import ModelCard
 from service.settings import Settings
@@ -174,11 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="stage timings: best of N")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="SEGSERVE_X=V", help="a server setting (as the env variable)")
+    parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra ONNX Runtime session config entry (as bench.variant)")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     for pair in args.settings:
         key, value = pair.split("=", 1)
         os.environ[key] = value
+    add_ort_config(args.ort_config)
     print(f"load average: {load_average()}", flush=True)
     result = run(args.model, args.image, [int(b) for b in args.batch_sizes.split(",")],
                  args.seconds, args.repeat)

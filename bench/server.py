@@ -44,8 +44,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def command_for(kind: str, model: Path, port: int) -> list[str]:
+def command_for(kind: str, model: Path, port: int, variant: list[str] | None = None) -> list[str]:
+    """The server's command line; ``variant``: segserve via ``bench.variant`` with these flags."""
     if kind == "segserve":
+        if variant:
+            return [sys.executable, "-m", "bench.variant", *variant]
         return [sys.executable, "-m", "service"]
     if kind == "naive":
         return [sys.executable, "-m", "bench.baselines.naive_server", str(model),
@@ -70,13 +73,14 @@ def segserve_env(model: Path, port: int, settings: dict[str, str]) -> dict[str, 
 
 @contextlib.contextmanager
 def serve(kind: str, model: Path, log_path: Path, settings: dict[str, str] | None = None,
-          ready_timeout_s: float = 120.0) -> Iterator[RunningServer]:
+          ready_timeout_s: float = 120.0, variant: list[str] | None = None,
+          ) -> Iterator[RunningServer]:
     """Run ``kind`` ("segserve" or "naive") serving ``model`` until the block exits."""
     port = _free_port()
     env = segserve_env(model, port, settings or {})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command_for(kind, model, port), cwd=ROOT, env=env,
+        process = subprocess.Popen(command_for(kind, model, port, variant), cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
     server = RunningServer(kind, process, f"http://127.0.0.1:{port}", log_path)
     try:

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", default="small")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="SEGSERVE_X=V", help="segserve setting for this sweep")
+    parser.add_argument("--variant", action="append", default=[], metavar="FLAG",
+                        help="run segserve through bench.variant with this flag (repeatable)")
     parser.add_argument("--offline-json", type=Path, help="reuse a bench.offline result")
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "images" / "perf-sweep.png")
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict]] = {}
     for kind in args.servers.split(","):
         rows = []
-        with serve(kind, args.model, tmp / f"{kind}.log", settings) as server:
+        with serve(kind, args.model, tmp / f"{kind}.log", settings,
+                   variant=args.variant) as server:
             for c in levels:
                 out = tmp / f"{kind}-c{c}.json"
                 row = run_level(kind, server.base_url, server.pid, c, args, out)
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         results[kind] = rows
 
     (args.out / "sweep.json").write_text(json.dumps(
-        {"model": str(args.model), "settings": settings, "offline": offline,
+        {"model": str(args.model), "settings": settings, "variant": args.variant,
+         "offline": offline,
          "load_average_after": str(load_average()), "results": results}, indent=2) + "\n")
     table = [LoadResult.markdown_header()]
     table += [LoadResult(**r).markdown_row(kind) for kind, rows in results.items() for r in rows]

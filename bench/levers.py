@@ -1,0 +1,200 @@
+"""In-process before/after of the hot-path levers, each timed in isolation (best of N).
+
+    python -m bench.levers                       # default model; ~1 minute on 2 cores
+    python -m bench.levers --model M --json out.json
+
+"after" is what segserve does (its own functions, imported); "before" is the usual alternative,
+written here only to be measured against. Wall ms and, for inference, CPU ms (ONNX Runtime's
+spinning threads burn CPU that a 2-core server needs for decode and encode).
+The server-level levers (batching, thread split, batch delay) need HTTP: see docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import orjson
+from onnx import TensorProto, helper
+from PIL import Image
+
+from bench.images import sample_jpeg
+from bench.procstat import load_average
+from bench.server import DEFAULT_MODEL
+from service import imaging, masks, runtime
+from service.model_card import ModelCard
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Lever:
+    name: str
+    before: str
+    after: str
+    before_ms: float
+    after_ms: float
+    note: str = ""
+
+    def row(self) -> str:
+        gain = self.before_ms / self.after_ms if self.after_ms > 0 else float("inf")
+        return (f"| {self.name} | {self.before}: {self.before_ms:.2f} ms | {self.after}: "
+                f"{self.after_ms:.2f} ms | {gain:.1f}x | {self.note} |")
+
+
+def best_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Best-of-``repeat`` wall ms and the CPU ms (all threads) of that same call."""
+    best_wall, best_cpu = float("inf"), float("inf")
+    for _ in range(repeat):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if wall < best_wall:
+            best_wall, best_cpu = wall, cpu
+    return best_wall * 1000.0, best_cpu * 1000.0
+
+
+def with_argmax(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with ArgMax over classes and a uint8 Cast appended: labels leave the graph."""
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    graph = folded.graph
+    logits = graph.output[0].name
+    graph.node.extend([
+        helper.make_node("ArgMax", [logits], ["bench_argmax"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["bench_argmax"], ["labels"], to=TensorProto.UINT8),
+    ])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("labels", TensorProto.UINT8, None))
+    return folded
+
+
+def _session(model: bytes, intra: int, spinning: bool,
+             level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+             ) -> ort.InferenceSession:
+    options = runtime.session_options(Settings(intra_op_threads=intra))
+    options.graph_optimization_level = level
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int) -> list[Lever]:
+    proto = onnx.load(path)
+    levers = []
+    if card.output.kind == "logits":
+        plain = _session(proto.SerializeToString(), 0, spinning=True)
+        folded = _session(with_argmax(proto).SerializeToString(), 0, spinning=True)
+        before, _ = best_ms(lambda: _run(plain, batch).argmax(axis=1).astype(np.uint8), repeat)
+        after, _ = best_ms(lambda: _run(folded, batch), repeat)
+        levers.append(Lever(f"argmax (batch {len(batch)})", "NumPy argmax on float logits",
+                            "ArgMax+Cast in the graph", before, after,
+                            "what model_export --labels does"))
+    model = proto.SerializeToString()
+    base = _session(model, 0, spinning=True)
+    base_ms, base_cpu = best_ms(lambda: _run(base, batch), repeat)
+    for label, session in (
+        ("intra-op spinning off", _session(model, 0, spinning=False)),
+        ("intra-op threads 1", _session(model, 1, spinning=True)),
+        ("graph optimisation basic", _session(
+            model, 0, True, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)),
+    ):
+        ms, cpu = best_ms(lambda s=session: _run(s, batch), repeat)
+        levers.append(Lever(f"ORT {label} (batch {len(batch)})",
+                            f"default (CPU {base_cpu:.1f} ms)", f"{label} (CPU {cpu:.1f} ms)",
+                            base_ms, ms, "wall ms; CPU ms in brackets"))
+    return levers
+
+
+def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
+    spec = card.input
+    small, large = sample_jpeg("small"), sample_jpeg("large")
+    need = (spec.width, spec.height)
+    levers = []
+
+    full, _ = best_ms(lambda: imaging.prepare(
+        imaging.decode(large, max_pixels=10**9).image, spec), max(1, repeat // 2))
+    draft, _ = best_ms(lambda: imaging.prepare(
+        imaging.decode(large, max_pixels=10**9, min_size=need).image, spec), repeat)
+    levers.append(Lever("decode+prepare 4000x3000 JPEG", "full decode", "JPEG draft (DCT scaling)",
+                        full, draft))
+
+    image = imaging.decode(small, max_pixels=10**9, min_size=need).image
+    mean = np.array(spec.mean, np.float32).reshape(3, 1, 1)
+    std = np.array(spec.std, np.float32).reshape(3, 1, 1)
+    naive, _ = best_ms(lambda: ((np.asarray(image.resize(need), np.float64).transpose(2, 0, 1)
+                                 / 255.0 - mean) / std).astype(np.float32), repeat)
+    ours, _ = best_ms(lambda: imaging.prepare(image, spec), repeat)
+    levers.append(Lever("prepare (resize + normalise)", "float64 temporaries",
+                        "one float32 affine pass, in place", naive, ours))
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((card.num_classes, spec.height, spec.width)).astype(np.float32)
+    labels = logits.argmax(axis=0).astype(np.uint8)
+    size = (640, 480)
+
+    def upsample_logits() -> np.ndarray:
+        planes = [np.asarray(Image.fromarray(c).resize(size, Image.Resampling.BILINEAR))
+                  for c in logits]
+        return np.stack(planes).argmax(axis=0).astype(np.uint8)
+
+    before, _ = best_ms(upsample_logits, repeat)
+    after, _ = best_ms(lambda: masks.resize_labels(labels, size), repeat)
+    levers.append(Lever("mask to 640x480", "bilinear logits then argmax",
+                        "nearest on uint8 labels", before, after))
+
+    # A real-looking mask (blobs, not noise) for the encoders: the labels upsampled.
+    mask = masks.resize_labels(labels[::8, ::8].repeat(8, 0).repeat(8, 1), size)
+    palette = card.palette()
+    for level in (6, 9):
+        slow, _ = best_ms(lambda lv=level: masks.encode_png(mask, palette, compress_level=lv),
+                          repeat)
+        fast, _ = best_ms(lambda: masks.encode_png(mask, palette, compress_level=1), repeat)
+        kb = (len(masks.encode_png(mask, palette, compress_level=level)) / 1024,
+              len(masks.encode_png(mask, palette, compress_level=1)) / 1024)
+        levers.append(Lever("palette PNG 640x480", f"zlib level {level}", "zlib level 1",
+                            slow, fast, f"{kb[0]:.1f} KiB -> {kb[1]:.1f} KiB"))
+
+    doc = {"model": card.name, "masks": masks.encode_rle(mask, card.classes)}
+    before, _ = best_ms(lambda: json.dumps(doc).encode(), repeat)
+    after, _ = best_ms(lambda: orjson.dumps(doc), repeat)
+    levers.append(Lever("RLE JSON body", "json.dumps", "orjson.dumps", before, after))
+    return levers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+    load_before = str(load_average())
+    levers = pixel_levers(card, args.repeat)
+    for b in (int(b) for b in args.batch_sizes.split(",")):
+        batch = np.random.default_rng(b).standard_normal(
+            (b, 3, card.input.height, card.input.width)).astype(np.float32)
+        levers += inference_levers(args.model, card, batch, args.repeat)
+    print(f"load average before {load_before}, after {load_average()}")
+    print("| lever | before | after (segserve) | speed-up | note |\n|---|---|---|---|---|")
+    print("\n".join(lever.row() for lever in levers))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": str(args.model), "load_before": load_before,
+                                         "load_after": str(load_average()),
+                                         "levers": [asdict(v) for v in levers]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""``python -m service`` with a lever flipped that has no setting, to measure it over HTTP.
+
+    python -m bench.variant --ort-config session.intra_op.allow_spinning=0
+    python -m bench.variant --loop asyncio --http h11
+
+Only for measurement: it patches this process's view of ``service.runtime.session_options`` or
+uvicorn's loop/protocol choice, then runs the unchanged ``service.__main__.main``. A lever that
+wins is then made a real setting or default in ``service/`` (see docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+import onnxruntime as ort
+import uvicorn
+
+from service import __main__ as entry
+from service import runtime
+from service.settings import Settings
+
+
+def add_ort_config(pairs: list[str]) -> None:
+    """Make ``service.runtime`` add these ``KEY=VALUE`` config entries to every new session."""
+    entries = [pair.split("=", 1) for pair in pairs]
+    original = runtime.session_options
+
+    def session_options(settings: Settings) -> ort.SessionOptions:
+        options = original(settings)
+        for key, value in entries:
+            options.add_session_config_entry(key, value)
+        return options
+
+    runtime.session_options = session_options  # type: ignore[assignment]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="ONNX Runtime session config entry, added to segserve's options")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto")
+    args = parser.parse_args()
+
+    add_ort_config(args.ort_config)
+    entry.uvicorn.Config = functools.partial(  # type: ignore[misc]
+        uvicorn.Config, loop=args.loop, http=args.http)
+    return entry.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
