@@ -38,6 +38,13 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# The performance record (docs/PERFORMANCE.md): the four targets, the lever table and the
+# latency/throughput sweep against the naive baseline. About 10 minutes; run on a quiet machine.
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.targets
+	$(BIN)/python -m bench.levers --json bench/results/levers.json
+	$(BIN)/python -m bench.sweep --offline-json bench/results/targets/offline-small.json
+
 # Known vulnerabilities in every pinned dependency, from PyPI's advisory data (network needed).
 # --strict: a package that cannot be looked up fails the audit instead of passing unchecked.
 audit: $(VENV)/.dev
