@@ -1,0 +1,112 @@
+"""The process: graceful drain on SIGTERM, and start-up failures that exit non-zero, clearly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import Server, start_server, tiny_card, tiny_model, write_tiny_model
+from tests.test_api import encoded, expected_mask, png_labels, scene
+
+# A long batch window holds requests in the queue: "in flight" for as long as the test needs.
+HOLDING = {"SEGSERVE_MAX_BATCH_SIZE": "64", "SEGSERVE_MAX_BATCH_DELAY_MS": "1500"}
+
+
+def queue_depth(server: Server) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "segserve_queue_depth")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("drain_delay_s", ["0", "1.0"])
+def test_sigterm_finishes_queued_requests_and_exits_0(tmp_path: Path, drain_delay_s: str) -> None:
+    write_tiny_model(tmp_path / "models", "tiny", 1, size=32)
+    env = {"SEGSERVE_MODEL_REPOSITORY": str(tmp_path / "models"),
+           "SEGSERVE_DRAIN_DELAY_S": drain_delay_s, **HOLDING}
+    server = start_server(env, tmp_path / "server.log")
+    images = [scene(40 + i) for i in range(4)]
+    try:
+        with server.client() as client, ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(client.post, "/segment", content=encoded(image),
+                                   headers={"Content-Type": "image/png"}) for image in images]
+            wait_for(lambda: queue_depth(server) == 4)
+            server.process.send_signal(signal.SIGTERM)
+            if drain_delay_s != "0":
+                # Still listening during the delay, but no longer ready.
+                response = httpx.get(f"{server.base_url}/readyz", timeout=5)
+                assert response.status_code == 503
+                assert response.json()["code"] == "not_ready"
+            responses = [p.result(timeout=30) for p in pending]
+        for response, image in zip(responses, images, strict=True):
+            assert response.status_code == 200
+            assert (png_labels(response) == expected_mask(image, 32)).all()
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    log = [json.loads(line) for line in server.log().splitlines()]
+    assert any("draining" in line["message"] for line in log)
+
+
+FAILURES = {
+    "missing repository": (lambda root: root / "nowhere", "does not exist"),
+    "empty repository": (lambda root: root, "no models in"),
+    "corrupt model": (lambda root: _corrupt(root), "cannot load"),
+    "model without card": (lambda root: _without_card(root), "segserve.card"),
+    "cuda on a cpu build": (lambda root: _good(root), "no CUDAExecutionProvider"),
+}
+
+
+def _good(root: Path) -> Path:
+    write_tiny_model(root, "tiny", 1, size=8)
+    return root
+
+
+def _corrupt(root: Path) -> Path:
+    path = write_tiny_model(root, "tiny", 1, size=8)
+    path.write_bytes(path.read_bytes()[:100])
+    return root
+
+
+def _without_card(root: Path) -> Path:
+    model = tiny_model(tiny_card(size=8))
+    del model.metadata_props[:]
+    (root / "bare" / "1").mkdir(parents=True)
+    (root / "bare" / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    return root
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_startup_failure_exits_non_zero_with_a_clear_message(tmp_path: Path, case: str) -> None:
+    make_repo, message = FAILURES[case]
+    root = tmp_path / "models"
+    root.mkdir()
+    env = {"SEGSERVE_MODEL_REPOSITORY": str(make_repo(root))}
+    if case == "cuda on a cpu build":
+        env["SEGSERVE_PROVIDER"] = "cuda"
+    server = start_server(env, tmp_path / "server.log", wait_ready=False)
+    try:
+        code = server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.stop()
+        pytest.fail(f"server did not exit:\n{server.log()}")
+    assert code == 1
+    errors = [json.loads(line) for line in server.log().splitlines()
+              if json.loads(line)["level"] == "error"]
+    assert any(message in e["message"] for e in errors), server.log()
+    assert "Traceback" not in server.log()
