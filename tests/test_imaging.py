@@ -86,16 +86,28 @@ def test_every_format_decodes_to_its_size_and_colours(
         assert error.max() == 0
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
-def test_16_bit_grey_scales_to_8_bits_instead_of_clipping(fmt: str) -> None:
-    ramp = np.tile(np.linspace(0, 0xFFFF, 64).astype(np.uint16), (8, 1))
-    data = images.encode(Image.fromarray(ramp), fmt)
+_RAMP16 = np.tile(np.linspace(0, 0xFFFF, 64).astype(np.uint16), (8, 1))
+_RAMP_F = np.tile(np.linspace(-0.25, 1.25, 64).astype(np.float32), (8, 1))
 
-    decoded = _rgb(decode(data, max_pixels=MAX_PIXELS).image)
 
-    expected = (ramp >> 8).astype(np.int16)
+@pytest.mark.parametrize(
+    ("fmt", "image", "expected"),
+    [
+        ("PNG", Image.fromarray(_RAMP16), _RAMP16 >> 8),
+        ("TIFF", Image.fromarray(_RAMP16), _RAMP16 >> 8),
+        ("TIFF", Image.frombytes("I;16B", (64, 8), _RAMP16.astype(">u2").tobytes()), _RAMP16 >> 8),
+        ("TIFF", Image.fromarray(_RAMP16.astype(np.int32)), _RAMP16 >> 8),  # mode "I"
+        ("TIFF", Image.fromarray(_RAMP_F), np.rint(np.clip(_RAMP_F, 0, 1) * 255)),  # mode "F"
+    ],
+    ids=["png-I;16", "tiff-I;16", "tiff-I;16B", "tiff-I", "tiff-F"],
+)
+def test_wide_grey_scales_to_8_bits_instead_of_clipping(
+    fmt: str, image: Image.Image, expected: np.ndarray
+) -> None:
+    decoded = _rgb(decode(images.encode(image, fmt), max_pixels=MAX_PIXELS).image)
+
     for channel in range(3):
-        np.testing.assert_array_equal(decoded[:, :, channel], expected)
+        np.testing.assert_array_equal(decoded[:, :, channel], expected.astype(np.int16))
 
 
 def test_16_bit_rgb_png_keeps_the_high_byte() -> None:
