@@ -1,6 +1,7 @@
 """``python -m service``: serve the model repository with uvicorn, configured by SEGSERVE_*.
 
-Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 when the models cannot be served.
+Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 when the models cannot be served,
+2 for invalid settings.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import Service, create_app
 from service.errors import ModelLoadError
@@ -55,7 +57,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def main() -> int:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # before logging is configured: say it plainly on stderr
+        print(f"segserve: invalid SEGSERVE_ settings:\n{exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
         repository = ModelRepository.scan(settings.model_repository, settings.default_model)

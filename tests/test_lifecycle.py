@@ -110,3 +110,10 @@ def test_startup_failure_exits_non_zero_with_a_clear_message(tmp_path: Path, cas
               if json.loads(line)["level"] == "error"]
     assert any(message in e["message"] for e in errors), server.log()
     assert "Traceback" not in server.log()
+
+
+def test_invalid_settings_exit_2_naming_the_variable(tmp_path: Path) -> None:
+    server = start_server({"SEGSERVE_SESSIONS": "0"}, tmp_path / "server.log", wait_ready=False)
+    assert server.process.wait(timeout=30) == 2
+    assert "sessions" in server.log()
+    assert "greater than or equal to 1" in server.log()
