@@ -16,7 +16,7 @@ from PIL import Image
 
 from service import model_card
 
-RGB = tuple[int, int, int]
+RGB = model_card.RGB
 
 UNKNOWN_CLASS_COLOR: RGB = (0, 0, 0)
 

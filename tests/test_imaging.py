@@ -360,3 +360,15 @@ def test_prepare_stretches_to_the_input_size() -> None:
     for (row, col), colour in zip([(2, 2), (2, 27), (17, 2), (17, 27)], images.QUADRANT_COLOURS,
                                   strict=True):
         assert tuple(pixel[:, row, col]) == colour
+
+
+def test_multi_picture_jpeg_gives_the_first_picture_and_drafts() -> None:
+    first = images.quadrants(1600, 1200)
+    second = first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    data = images.encode(first, "MPO", save_all=True, append_images=[second])
+
+    decoded = decode(data, max_pixels=MAX_PIXELS, min_size=(256, 256))
+
+    assert decoded.size == (1600, 1200)
+    assert decoded.image.size == (400, 300)
+    assert np.abs(_rgb(decoded.image) - _rgb(images.quadrants(400, 300))).mean() < 4
