@@ -7,9 +7,10 @@ Closed loop keeps ``concurrency`` requests in flight: it measures the most a ser
 Open loop sends at a fixed mean rate whatever the server does, and times each request from its
 *scheduled* send time, so a stalled server shows up in the latency (no coordinated omission).
 
-The client shares the 2 cores with the server it measures, so it is kept light: one AsyncClient
-with keep-alive, the body and URL built once, uvloop when installed, answers checked only after
-the run on a random sample, and its own CPU use reported next to the server's.
+The client shares the 2 cores with the server it measures, so it is kept light: keep-alive
+connections, the body and URL built once, uvloop when installed, answers checked only after the
+run on a random sample, and its own CPU use reported next to the server's. ``--client raw``
+(bench.transport) cuts the client's CPU per request several times compared with httpx.
 Bounded: at most MAX_DURATION_S seconds and MAX_REQUESTS requests; loopback targets only.
 """
 
@@ -30,13 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-import httpx
 import numpy as np
 import orjson
 from PIL import Image
 
 from bench import procstat
 from bench.images import sample_jpeg
+from bench.transport import HttpxTransport, RawTransport, Transport
 
 MAX_DURATION_S = 900.0
 MAX_REQUESTS = 200_000
@@ -50,6 +51,7 @@ class LoadSpec:
     body: bytes
     content_type: str = "image/jpeg"
     multipart: bool = False  # send the image as part "image" of multipart/form-data
+    client: str = "httpx"  # or "raw": see bench.transport
     format: str = "png"
     concurrency: int | None = 8  # closed loop when set
     rate: float | None = None  # open loop (requests/s) when set; wins over concurrency
@@ -84,6 +86,8 @@ class LoadResult:
     checked: int
     check_failures: list[str]
     client_cpu_cores: float
+    client: str = "httpx"
+    client_cpu_ms_per_request: float | None = None
     server_cpu_cores: float | None = None
     server_cpu_ms_per_request: float | None = None
     server_rss_mb: dict[str, float] = field(default_factory=dict)
@@ -172,33 +176,28 @@ def request_body(spec: LoadSpec) -> tuple[bytes, dict[str, str]]:
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
-async def _send(client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str],
-                scheduled: float, recorder: _Recorder | None) -> None:
-    try:
-        response = await client.post(url, content=content, headers=headers)
-        status, body = str(response.status_code), response.content
-    except httpx.HTTPError as exc:
-        status, body = type(exc).__name__, b""
+async def _send(transport: Transport, scheduled: float, recorder: _Recorder | None) -> None:
+    status, body = await transport.post()
     if recorder is not None:
         recorder.record(scheduled, status, body if status == "200" else None)
 
 
-async def _closed_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec, content: bytes,
-                       headers: dict[str, str], recorder: _Recorder, window: _Window) -> None:
+async def _closed_loop(transport: Transport, spec: LoadSpec, recorder: _Recorder,
+                       window: _Window) -> None:
     async def worker() -> None:
         while True:
             now = time.perf_counter()
             measured = now >= window.start
             if measured and not window.admit():
                 return
-            await _send(client, url, content, headers, now, recorder if measured else None)
+            await _send(transport, now, recorder if measured else None)
 
     assert spec.concurrency
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
 
-async def _open_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec, content: bytes,
-                     headers: dict[str, str], recorder: _Recorder, window: _Window) -> None:
+async def _open_loop(transport: Transport, spec: LoadSpec, recorder: _Recorder,
+                     window: _Window) -> None:
     assert spec.rate
     rng = random.Random(spec.seed)
     in_flight: set[asyncio.Task[None]] = set()
@@ -216,8 +215,7 @@ async def _open_loop(client: httpx.AsyncClient, url: str, spec: LoadSpec, conten
             if measured:
                 recorder.record(scheduled, "client_backlog", None)
             continue
-        task = asyncio.create_task(
-            _send(client, url, content, headers, scheduled, recorder if measured else None))
+        task = asyncio.create_task(_send(transport, scheduled, recorder if measured else None))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     if in_flight:
@@ -278,14 +276,16 @@ async def _run(spec: LoadSpec) -> LoadResult:
     url = f"{spec.base_url.rstrip('/')}/segment?{urlencode({'format': spec.format})}"
     content, headers = request_body(spec)
     connections = spec.concurrency if spec.mode == "closed" else MAX_IN_FLIGHT_OPEN_LOOP
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    transport: Transport = (
+        RawTransport(url, content, headers, spec.timeout_s) if spec.client == "raw"
+        else HttpxTransport(url, content, headers, spec.timeout_s, connections or 1))
     recorder = _Recorder(spec)
     window = _Window(spec, time.perf_counter() + spec.warmup_s)
     server_cpu0 = rss0 = None
-    async with httpx.AsyncClient(timeout=spec.timeout_s, limits=limits) as client:
+    try:
         progress = asyncio.create_task(_progress(spec, recorder, window))
         loop = _closed_loop if spec.mode == "closed" else _open_loop
-        load = asyncio.create_task(loop(client, url, spec, content, headers, recorder, window))
+        load = asyncio.create_task(loop(transport, spec, recorder, window))
         # Sample both sides' CPU clocks at the start of the measured window.
         await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
         client_cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -300,6 +300,8 @@ async def _run(spec: LoadSpec) -> LoadResult:
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
+    finally:
+        await transport.aclose()
 
     size = Image.open(io.BytesIO(spec.body)).size
     failures = [f for b in recorder.samples if (f := check_answer(b, spec.format, size))]
@@ -315,7 +317,8 @@ async def _run(spec: LoadSpec) -> LoadResult:
         | {"mean": float(lat.mean()) if lat.size else float("nan")},
         status_counts=dict(recorder.statuses), checked=len(recorder.samples),
         check_failures=failures[:5] + ([f"... {len(failures)} in all"] * (len(failures) > 5)),
-        client_cpu_cores=client_cpu / (time.perf_counter() - wall0),
+        client_cpu_cores=client_cpu / (time.perf_counter() - wall0), client=spec.client,
+        client_cpu_ms_per_request=1000.0 * client_cpu / max(1, recorder.completed),
         load_average=str(procstat.load_average()),
     )
     if server_cpu is not None and spec.server_pid and rss0 is not None:
@@ -354,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="'small' (640x480), 'large' (4000x3000) or a JPEG path")
     parser.add_argument("--format", default="png", choices=["png", "rle", "overlay"])
     parser.add_argument("--multipart", action="store_true", help="multipart/form-data upload")
+    parser.add_argument("--client", choices=["httpx", "raw"], default="httpx",
+                        help="httpx, or a minimal HTTP/1.1 client (less client CPU)")
     loop = parser.add_mutually_exclusive_group()
     loop.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight")
     loop.add_argument("--rate", type=float, help="open loop: mean arrivals per second (Poisson)")
@@ -372,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = LoadSpec(
         base_url=args.url, body=_load_body(args.image), multipart=args.multipart,
+        client=args.client,
         format=args.format,
         concurrency=None if args.rate else args.concurrency, rate=args.rate,
         duration_s=args.duration, requests=args.requests, warmup_s=args.warmup,

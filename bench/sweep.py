@@ -31,7 +31,8 @@ def run_level(kind: str, base_url: str, pid: int, concurrency: int, args: argpar
         sys.executable, "-m", "bench.loadtest", "--url", base_url, "--image", args.image,
         "--concurrency", str(concurrency), "--duration", str(args.duration),
         "--warmup", str(args.warmup), "--server-pid", str(pid), "--json", str(out),
-        "--no-progress", *(["--multipart"] if kind in MULTIPART_ONLY else []),
+        "--client", args.client, "--no-progress",
+        *(["--multipart"] if kind in MULTIPART_ONLY else []),
     ]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--image", default="small")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="load client (raw: ~0.1 ms CPU per request, httpx: ~0.9 ms)")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="SEGSERVE_X=V", help="segserve setting for this sweep")
     parser.add_argument("--variant", action="append", default=[], metavar="FLAG",
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
     (args.out / "sweep.json").write_text(json.dumps(
         {"model": str(args.model), "settings": settings, "variant": args.variant,
+         "client": args.client,
          "offline": offline,
          "load_average_after": str(load_average()), "results": results}, indent=2) + "\n")
     table = [LoadResult.markdown_header()]

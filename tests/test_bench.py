@@ -96,15 +96,18 @@ def test_offline_pipeline_gives_the_models_answer(tiny_model: Path) -> None:
     assert np.all(np.asarray(mask) == 1)
 
 
-@pytest.mark.parametrize("kind", ["segserve", "naive"])
-def test_loadtest_closed_and_open_loop(kind: str, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "client"), [("segserve", "httpx"), ("segserve", "raw"),
+                                              ("naive", "raw")])
+def test_loadtest_closed_and_open_loop(kind: str, client: str, tiny_model: Path,
+                                       tmp_path: Path) -> None:
     body = sample_jpeg("small")
     with serve(kind, tiny_model, tmp_path / f"{kind}.log", ready_timeout_s=60) as server:
         closed = run(LoadSpec(base_url=server.base_url, body=body, concurrency=4, requests=24,
                               duration_s=30, warmup_s=0.2, server_pid=server.pid, rss_every=8,
-                              check=5, progress=False))
+                              check=5, progress=False, client=client))
         opened = run(LoadSpec(base_url=server.base_url, body=body, rate=40.0, requests=16,
-                              duration_s=30, warmup_s=0.0, check=5, progress=False))
+                              duration_s=30, warmup_s=0.0, check=5, progress=False,
+                              client=client, multipart=kind == "segserve"))
     assert (closed.requests, closed.ok, closed.status_counts) == (24, 24, {"200": 24})
     assert closed.checked == 5
     assert closed.check_failures == []
