@@ -151,6 +151,11 @@ def test_metrics_are_scraped_from_the_app_route(routes: Routes) -> None:
     (job,) = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
     assert job["metrics_path"] in routes
     for overlay in OVERLAYS:
+        annotations = manifest(overlay, "Deployment")["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        assert annotations["prometheus.io/path"] in routes
+        assert annotations["prometheus.io/port"] == str(Settings.model_fields["port"].default)
         monitor = manifest(overlay, "ServiceMonitor")["spec"]
         service = manifest(overlay, "Service")
         (endpoint,) = monitor["endpoints"]
