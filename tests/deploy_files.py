@@ -148,7 +148,10 @@ def render_overlay(overlay: str) -> tuple[dict[str, Any], ...]:
     """The manifests `kubectl apply -k k8s/overlays/<overlay>` would send."""
     out = subprocess.run(
         [tool("kubectl"), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 

@@ -45,8 +45,14 @@ class Routes:
         self.app = app
 
     def serves(self, method: str, path: str) -> bool:
-        scope = {"type": "http", "method": method, "path": path, "root_path": "",
-                 "headers": [], "query_string": b""}
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": "",
+            "headers": [],
+            "query_string": b"",
+        }
         return any(route.matches(scope)[0] is Match.FULL for route in self.app.routes)
 
     def __contains__(self, path: str) -> bool:  # probes and scrapes are GETs
@@ -98,7 +104,9 @@ def test_every_variable_is_a_valid_setting(
     source: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert env, f"{source} sets no SEGSERVE_ variable"
-    unknown = {name for name in env if name[len("SEGSERVE_"):].lower() not in Settings.model_fields}
+    unknown = {
+        name for name in env if name[len("SEGSERVE_") :].lower() not in Settings.model_fields
+    }
     assert not unknown, f"{source}: not settings of service.settings.Settings: {sorted(unknown)}"
     settings_from(env, monkeypatch)  # pydantic raises on a value the service would refuse
 
@@ -138,8 +146,11 @@ def test_one_port_everywhere() -> None:
 def test_probes_use_the_app_routes(overlay: str, routes: Routes) -> None:
     container = segserve_container(overlay)
     paths = {probe: container[probe]["httpGet"]["path"] for probe in PROBES}
-    assert paths == {"startupProbe": "/healthz", "livenessProbe": "/healthz",
-                     "readinessProbe": "/readyz"}
+    assert paths == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
     assert all(path in routes for path in paths.values())
     assert {container[p]["httpGet"]["port"] for p in PROBES} == {"http"}
     # API keys must never lock out the kubelet or Prometheus.
@@ -151,9 +162,7 @@ def test_metrics_are_scraped_from_the_app_route(routes: Routes) -> None:
     (job,) = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
     assert job["metrics_path"] in routes
     for overlay in OVERLAYS:
-        annotations = manifest(overlay, "Deployment")["spec"]["template"]["metadata"][
-            "annotations"
-        ]
+        annotations = manifest(overlay, "Deployment")["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/path"] in routes
         assert annotations["prometheus.io/port"] == str(Settings.model_fields["port"].default)
         monitor = manifest(overlay, "ServiceMonitor")["spec"]
@@ -180,9 +189,7 @@ def test_healthcheck_and_cmd(dockerfile: Path, routes: Routes) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_termination_grace_covers_the_drain(
-    overlay: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_termination_grace_covers_the_drain(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from(pod_environment(overlay), monkeypatch)
     pod = manifest(overlay, "Deployment")["spec"]["template"]["spec"]
     pre_stop = segserve_container(overlay)["lifecycle"]["preStop"]["exec"]["command"]
@@ -243,8 +250,11 @@ def test_images_carry_no_torch_and_bake_in_the_default_model() -> None:
 def test_build_context_admits_exactly_what_the_images_copy() -> None:
     """Every COPY source exists and survives .dockerignore (last matching rule wins, like
     Docker's); the tests, training code and virtualenv stay out of the context."""
-    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
     def admitted(path: str) -> bool:
         keep = True

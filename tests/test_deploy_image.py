@@ -45,13 +45,17 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         write_tiny_model(repository)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
     env |= {k: v for k, v in IMAGE.env.items() if k.startswith(("SEGSERVE_", "PYTHON"))}
-    env |= {"SEGSERVE_MODEL_REPOSITORY": str(repository), "SEGSERVE_HOST": "127.0.0.1",
-            "SEGSERVE_PORT": str(free_port())}
+    env |= {
+        "SEGSERVE_MODEL_REPOSITORY": str(repository),
+        "SEGSERVE_HOST": "127.0.0.1",
+        "SEGSERVE_PORT": str(free_port()),
+    }
     log_path = tmp / "server.log"
     with log_path.open("wb") as log:
         # cwd is a scratch folder: the image has no source tree, so nothing may rely on one.
-        process = subprocess.Popen(host_argv(IMAGE.cmd), cwd=tmp, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            host_argv(IMAGE.cmd), cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     server = Server(process, f"http://127.0.0.1:{env['SEGSERVE_PORT']}", log_path)
     try:
         wait_until_ready(server, timeout=90)
@@ -72,8 +76,9 @@ def test_image_command_serves_segment(image_server: Server) -> None:
     body = io.BytesIO()
     Image.fromarray(rgb).save(body, "PNG")
     with image_server.client() as client:
-        response = client.post("/segment", content=body.getvalue(),
-                               headers={"Content-Type": "image/png"})
+        response = client.post(
+            "/segment", content=body.getvalue(), headers={"Content-Type": "image/png"}
+        )
     assert response.status_code == 200, response.text
     mask = Image.open(io.BytesIO(response.content))
     assert (mask.mode, mask.size) == ("P", (32, 32))
@@ -99,10 +104,18 @@ def test_metrics_expose_every_series_the_dashboard_and_autoscaler_query(
         body = io.BytesIO()
         Image.new("RGB", (32, 32), (255, 0, 0)).save(body, "PNG")
         # One success and one refusal, so labelled series exist for both.
-        assert client.post("/segment", content=body.getvalue(),
-                           headers={"Content-Type": "image/png"}).status_code == 200
-        assert client.post("/segment", content=b"not an image",
-                           headers={"Content-Type": "image/png"}).status_code == 400
+        assert (
+            client.post(
+                "/segment", content=body.getvalue(), headers={"Content-Type": "image/png"}
+            ).status_code
+            == 200
+        )
+        assert (
+            client.post(
+                "/segment", content=b"not an image", headers={"Content-Type": "image/png"}
+            ).status_code
+            == 400
+        )
         exposition = client.get("/metrics")
     assert exposition.status_code == 200
     samples = {s.name for f in text_string_to_metric_families(exposition.text) for s in f.samples}
@@ -114,4 +127,3 @@ def test_readiness_is_what_the_probes_expect(image_server: Server) -> None:
     with httpx.Client(base_url=image_server.base_url, timeout=5) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
-

@@ -77,8 +77,14 @@ def test_compose_spec_check_rejects_a_wrong_field(tmp_path: Path) -> None:
 def test_rendered_overlay_matches_kubernetes_schemas(overlay: str, version: str) -> None:
     docs = render_overlay(overlay)
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "ConfigMap", "ServiceMonitor"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "ServiceMonitor",
+    } <= kinds
     for doc in docs:
         if doc["kind"] not in CUSTOM_RESOURCES:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -111,8 +117,10 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     # Grafana fills in its variables before Prometheus sees a query; do the same, then let
     # promtool parse each query as the expression of a recording rule.
     rules = [
-        {"record": f"segserve:dashboard_query_{i}",
-         "expr": expr.replace("$__rate_interval", "1m").replace("$model", ".*")}
+        {
+            "record": f"segserve:dashboard_query_{i}",
+            "expr": expr.replace("$__rate_interval", "1m").replace("$model", ".*"),
+        }
         for i, expr in enumerate(dashboard_queries())
     ]
     path = tmp_path / "rules.yml"

@@ -68,8 +68,9 @@ async def drive_load(base_url: str) -> None:
         while time.monotonic() < until and sent < MAX_REQUESTS:
             sent += 1
             try:
-                response = await client.post("/segment", content=good,
-                                             headers={"Content-Type": "image/png"})
+                response = await client.post(
+                    "/segment", content=good, headers={"Content-Type": "image/png"}
+                )
                 if response.status_code == 503:
                     await asyncio.sleep(0.05)  # as a client honouring Retry-After would, briefly
             except httpx.HTTPError:
@@ -77,8 +78,9 @@ async def drive_load(base_url: str) -> None:
 
     async def bad_images(client: httpx.AsyncClient, until: float) -> None:
         while time.monotonic() < until:
-            await client.post("/segment", content=b"\x89PNG truncated",
-                              headers={"Content-Type": "image/png"})
+            await client.post(
+                "/segment", content=b"\x89PNG truncated", headers={"Content-Type": "image/png"}
+            )
             await asyncio.sleep(1.0)
 
     limits = httpx.Limits(max_connections=64)
@@ -86,8 +88,12 @@ async def drive_load(base_url: str) -> None:
         for seconds, clients in PHASES:
             until = time.monotonic() + seconds
             tasks = [client_loop(client, until) for _ in range(clients)]
-            await asyncio.gather(*tasks, bad_images(client, until) if clients else asyncio.sleep(
-                max(0.0, until - time.monotonic())))
+            await asyncio.gather(
+                *tasks,
+                bad_images(client, until)
+                if clients
+                else asyncio.sleep(max(0.0, until - time.monotonic())),
+            )
     print(f"sent {sent} segmentation requests", file=sys.stderr)
 
 
@@ -96,16 +102,30 @@ def start_prometheus(target: str, workdir: Path) -> tuple[subprocess.Popen[bytes
     if binary is None:
         sys.exit("prometheus not found: apt-get install prometheus")
     config = workdir / "prometheus.yml"
-    config.write_text(json.dumps({  # JSON is YAML
-        "global": {"scrape_interval": f"{SCRAPE_S}s"},
-        "scrape_configs": [{"job_name": "segserve", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [target]}]}],
-    }))
+    config.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "global": {"scrape_interval": f"{SCRAPE_S}s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "segserve",
+                        "metrics_path": "/metrics",
+                        "static_configs": [{"targets": [target]}],
+                    }
+                ],
+            }
+        )
+    )
     port = free_port()
     process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "prometheus.log").open("wb"),
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "prometheus.log").open("wb"),
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -146,13 +166,17 @@ def draw(dashboard: dict, results: dict[int, list], start: float, out: Path) -> 
     plt.style.use("dark_background")
     fig = plt.figure(figsize=(16, 13), facecolor="#111217")
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
-    grid = fig.add_gridspec(rows, 24, hspace=2.6, wspace=1.2, left=0.05, right=0.98,
-                            top=0.91, bottom=0.03)
+    grid = fig.add_gridspec(
+        rows, 24, hspace=2.6, wspace=1.2, left=0.05, right=0.98, top=0.91, bottom=0.03
+    )
     phases = ", ".join(f"{s} s x {c} clients" for s, c in PHASES)
-    fig.suptitle("segserve dashboard: each panel's PromQL evaluated by Prometheus over a real run"
-                 " (matplotlib rendering, not a Grafana screenshot)\n"
-                 f"load phases (dotted lines): {phases}; SEGSERVE_MAX_QUEUE=8 so the overload"
-                 " phase meets 503s", fontsize=11)
+    fig.suptitle(
+        "segserve dashboard: each panel's PromQL evaluated by Prometheus over a real run"
+        " (matplotlib rendering, not a Grafana screenshot)\n"
+        f"load phases (dotted lines): {phases}; SEGSERVE_MAX_QUEUE=8 so the overload"
+        " phase meets 503s",
+        fontsize=11,
+    )
     for panel in dashboard["panels"]:
         pos = panel["gridPos"]
         if panel["type"] == "row":
@@ -160,7 +184,9 @@ def draw(dashboard: dict, results: dict[int, list], start: float, out: Path) -> 
             ax.axis("off")
             ax.text(0, 0.2, panel["title"], fontsize=12, fontweight="bold", color="#d8d9da")
             continue
-        ax = fig.add_subplot(grid[pos["y"] + 1: pos["y"] + pos["h"], pos["x"]: pos["x"] + pos["w"]])
+        ax = fig.add_subplot(
+            grid[pos["y"] + 1 : pos["y"] + pos["h"], pos["x"] : pos["x"] + pos["w"]]
+        )
         ax.set_facecolor("#181b1f")
         ax.set_title(panel["title"], fontsize=10, loc="left", color="#d8d9da")
         unit = UNITS.get(panel["fieldConfig"]["defaults"].get("unit", "short"), ("", 1.0))[0]
@@ -172,8 +198,9 @@ def draw(dashboard: dict, results: dict[int, list], start: float, out: Path) -> 
             for target, series_list in zip(panel["targets"], results[panel["id"]], strict=True):
                 for series in series_list:
                     t, v = np.array(series["values"], dtype=float).T
-                    ax.plot(t - start, v, lw=1.4,
-                            label=legend(target["legendFormat"], series["metric"]))
+                    ax.plot(
+                        t - start, v, lw=1.4, label=legend(target["legendFormat"], series["metric"])
+                    )
             for boundary in np.cumsum([seconds for seconds, _ in PHASES])[:-1]:
                 ax.axvline(boundary, color="#cccccc", lw=1.0, ls=":")
             if ax.get_legend_handles_labels()[0]:
@@ -194,18 +221,31 @@ def draw_heatmap(ax: Any, series_lists: list, start: float) -> None:
     counts = np.diff(cumulative, axis=0, prepend=0)  # Grafana's "heatmap" format does the same
     labels = [s["metric"]["le"] for s in buckets]
     keep = [i for i, le in enumerate(labels) if le != "+Inf"]
-    ax.imshow(counts[keep], aspect="auto", origin="lower", cmap="Blues", interpolation="nearest",
-              extent=(t[0] - start, t[-1] - start, -0.5, len(keep) - 0.5))
+    ax.imshow(
+        counts[keep],
+        aspect="auto",
+        origin="lower",
+        cmap="Blues",
+        interpolation="nearest",
+        extent=(t[0] - start, t[-1] - start, -0.5, len(keep) - 0.5),
+    )
     ax.set_yticks(range(len(keep)), [f"≤{labels[i]}" for i in keep], fontsize=7)
     ax.set_ylabel("images per batch", fontsize=8)
 
 
 def draw_table(ax: Any, series_lists: list) -> None:
     ax.axis("off")
-    rows = [[s["metric"].get(k, "") for k in ("model", "version", "provider")]
-            for series_list in series_lists for s in series_list]
-    table = ax.table(cellText=rows or [["-", "-", "-"]], colLabels=["model", "version", "provider"],
-                     loc="upper left", cellLoc="left")
+    rows = [
+        [s["metric"].get(k, "") for k in ("model", "version", "provider")]
+        for series_list in series_lists
+        for s in series_list
+    ]
+    table = ax.table(
+        cellText=rows or [["-", "-", "-"]],
+        colLabels=["model", "version", "provider"],
+        loc="upper left",
+        cellLoc="left",
+    )
     table.scale(1, 1.6)
     for cell in table.get_celld().values():
         cell.set_facecolor("#181b1f")
@@ -223,8 +263,11 @@ def main() -> None:
         if not BUNDLED.exists():
             repository = tmp / "models"
             write_tiny_model(repository, name="tiny", size=128)
-        env = {"SEGSERVE_MODEL_REPOSITORY": str(repository), "SEGSERVE_MAX_QUEUE": "8",
-               "SEGSERVE_LOG_LEVEL": "warning"}
+        env = {
+            "SEGSERVE_MODEL_REPOSITORY": str(repository),
+            "SEGSERVE_MAX_QUEUE": "8",
+            "SEGSERVE_LOG_LEVEL": "warning",
+        }
         with running_server(env, tmp / "server.log") as server:
             prometheus, prom_url = start_prometheus(server.base_url.removeprefix("http://"), tmp)
             try:
@@ -234,9 +277,12 @@ def main() -> None:
                 end = time.time()
                 time.sleep(2 * SCRAPE_S)  # the last scrape
                 results = {
-                    panel["id"]: [query(prom_url, t["expr"], start, end, t.get("instant", False))
-                                  for t in panel["targets"]]
-                    for panel in dashboard["panels"] if panel["type"] != "row"
+                    panel["id"]: [
+                        query(prom_url, t["expr"], start, end, t.get("instant", False))
+                        for t in panel["targets"]
+                    ]
+                    for panel in dashboard["panels"]
+                    if panel["type"] != "row"
                 }
             finally:
                 prometheus.terminate()
