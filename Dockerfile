@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # segserve, CPU image: ONNX Runtime (CPU build) behind FastAPI. No PyTorch, no compilers.
-#   docker build -t segserve:cpu .
-#   docker run --rm -p 8000:8000 segserve:cpu
+#   docker build -t segserve:0.1.0 .
+#   docker run --rm -p 8000:8000 segserve:0.1.0
 # Every setting is a SEGSERVE_* environment variable (see docs/DEPLOY.md and service/settings.py).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -206,6 +206,18 @@ def test_compose_stop_grace_covers_the_drain(monkeypatch: pytest.MonkeyPatch) ->
     assert float(grace[:-1]) >= settings.drain_delay_s + settings.shutdown_timeout_s + 5
 
 
+def test_compose_builds_the_images_the_overlays_deploy() -> None:
+    """`docker compose build` tags exactly what `kubectl apply -k` pulls (no registry prefix)."""
+    built = {
+        compose_service(path)["image"]: compose_service(path)["build"]["dockerfile"]
+        for path in COMPOSE_FILES
+    }
+    assert built == {
+        segserve_container("cpu")["image"]: "Dockerfile",
+        segserve_container("gpu")["image"]: "docker/Dockerfile.gpu",
+    }
+
+
 # --- hardening ---------------------------------------------------------------------------------
 
 
