@@ -160,7 +160,7 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
     base = LoadSpec(base_url=base_url, body=sample_jpeg(spec.image), format=spec.format,
                     server_pid=server_pid, progress=progress)
     probe = run_load(replace(base, concurrency=spec.probe_concurrency, duration_s=spec.probe_s,
-                             warmup_s=2.0))
+                             warmup_s=min(2.0, spec.probe_s)))
     if probe.ok == 0:
         raise SystemExit(f"the maximum-throughput probe got no answer: {probe.status_counts}")
     offered = spec.fraction * probe.throughput_rps
@@ -209,7 +209,7 @@ def plot(report: SoakReport, path: Path) -> None:
     ax_lat.legend(loc="lower right")
     ax_rss.plot([t for t, _ in report.rss_mb], [mb for _, mb in report.rss_mb])
     ax_rss.set_ylabel("server RSS, MiB")
-    ax_rss.set_ylim(bottom=0)
+    ax_rss.set_ylim(0, 1.15 * max(mb for _, mb in report.rss_mb))
     ax_rss.set_xlabel("seconds")
     fig.suptitle(f"segserve soak: {report.offered_rps:.1f} req/s "
                  f"({report.spec.fraction:.0%} of max), {report.spec.image} JPEG, "
@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe", type=float, default=defaults.probe_s, help="seconds")
     parser.add_argument("--probe-concurrency", type=int, default=defaults.probe_concurrency)
     parser.add_argument("--rss-interval", type=float, default=defaults.rss_interval_s)
+    parser.add_argument("--p99-ratio", type=float, default=defaults.p99_ratio,
+                        help="pass: last segment's p99 <= this x the first's")
+    parser.add_argument("--rss-growth", type=float, default=defaults.rss_growth,
+                        help="pass: last segment's RSS <= (1 + this) x the first's")
     parser.add_argument("--format", default=defaults.format, choices=["png", "rle", "overlay"])
     parser.add_argument("--json", type=Path, default=RESULTS / "soak.json")
     parser.add_argument("--plot", type=Path, help="write the plot here (PNG)")
@@ -248,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--fraction must be in (0, 1]")
     spec = SoakSpec(duration_s=args.duration, fraction=args.fraction, segment_s=args.segment,
                     probe_s=args.probe, probe_concurrency=args.probe_concurrency,
-                    rss_interval_s=args.rss_interval, format=args.format)
+                    rss_interval_s=args.rss_interval, p99_ratio=args.p99_ratio,
+                    rss_growth=args.rss_growth, format=args.format)
 
     progress = not args.no_progress
     if args.url:
