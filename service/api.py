@@ -157,11 +157,12 @@ async def segment(
     service: Service = request.app.state.service
     record = access_record(request)
     fmt = output or negotiate(request.headers.get("accept"))
-    record.format, record.model = fmt.value, model or service.repository.default
+    record.format = fmt.value
     try:
-        media_type = _media_type(request.headers)
         served = service.model(model, version)
-        record.version = str(served.ref.version)
+        # Labelled only once resolved: a client's made-up names never become metric labels.
+        record.model, record.version = served.ref.name, str(served.ref.version)
+        media_type = _media_type(request.headers)
         body = await _read_body(request, service.settings.max_body_bytes)
         data = await _image_bytes(request.headers, body) if media_type == MULTIPART else body
         return await _segment(request, service, served, data, fmt, alpha)

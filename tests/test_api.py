@@ -134,6 +134,7 @@ def test_jpeg_is_decoded_and_segmented(client: httpx.Client) -> None:
     assert (labels == expected_mask(image, DEFAULT_SIDE)).mean() > 0.97
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 def test_rle_decodes_with_pycocotools_to_the_png_mask(client: httpx.Client) -> None:
     data = encoded(scene(5, 75, 51))
     mask = png_labels(segment(client, data))
