@@ -13,6 +13,7 @@ Life of the process:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -76,7 +77,8 @@ class Service:
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run decode/resize/encode work on the worker threads, off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.workers, lambda: fn(*args, **kwargs))
+        context = contextvars.copy_context()  # log lines from the thread keep the request id
+        return await loop.run_in_executor(self.workers, lambda: context.run(fn, *args, **kwargs))
 
     def begin_drain(self) -> None:
         if not self.draining:

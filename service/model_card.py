@@ -59,7 +59,8 @@ class InputSpec(_Frozen):
     # x = (pixel / 255 - mean) / std, per channel
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    # "stretch": resize to (width, height) ignoring aspect ratio; labels are resized back the same way
+    # "stretch": resize to (width, height) ignoring aspect ratio; labels are resized back the
+    # same way
     resize: Literal["stretch"] = "stretch"
 
     @field_validator("std")

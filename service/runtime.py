@@ -144,14 +144,18 @@ def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) 
 class Runner:
     """One session; ``run`` turns an input batch into uint8 labels (N, h, w). One thread each."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, card: ModelCard, *, io_binding: bool | None = None
+    ) -> None:
         self.session = session
         self.provider = session.get_providers()[0]
         self._input = session.get_inputs()[0].name
         self._output = session.get_outputs()[0].name
         self._logits = card.output.kind == "logits"
         # On a GPU, bind input and output: one host->device copy per batch, output lands on CPU.
-        self._binding = session.io_binding() if self.provider != CPU else None
+        if io_binding is None:
+            io_binding = self.provider != CPU
+        self._binding = session.io_binding() if io_binding else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self._binding is None:

@@ -138,6 +138,18 @@ def test_runner_returns_uint8_labels_for_both_output_kinds(tmp_path: Path, outpu
         np.testing.assert_array_equal(got, expected_labels(image))
 
 
+def test_io_binding_gives_the_same_labels_as_plain_run(model_path: Path) -> None:
+    # The GPU path (IO binding, output bound to CPU) exercised on the CPU provider.
+    session = open_session(model_path, Settings(provider="cpu"))
+    card = tiny_card(size=8)
+    batch = np.random.default_rng(1).random((4, 3, 8, 8), dtype=np.float32)
+    bound = Runner(session, card, io_binding=True)
+    plain = Runner(session, card, io_binding=False)
+    for _ in range(2):  # the binding is reused from one batch to the next
+        np.testing.assert_array_equal(bound.run(batch), plain.run(batch))
+    np.testing.assert_array_equal(bound.run(batch[:1]), plain.run(batch[:1]))
+
+
 def test_pool_has_the_configured_sessions_and_runs_them_concurrently(model_path: Path) -> None:
     _, pool = load_model(ModelVersion("tiny", 1, model_path), Settings(provider="cpu", sessions=3))
     assert (pool.size, pool.provider) == (3, "CPU")
