@@ -1,6 +1,6 @@
-"""Who may call the service and what every answer carries: API keys, CORS, request ids.
+"""Who may call the service, how much it will hold for them, and what every answer carries.
 
-``install_security(app, settings)`` adds three pure-ASGI middlewares, outermost first:
+``install_security(app, settings)`` adds four pure-ASGI middlewares, outermost first:
 
 1. ``RequestIdMiddleware`` — every answer (errors included) carries ``X-Request-ID``: the
    client's own id when it is short and plain, else a fresh one; the id is also in a context
@@ -10,6 +10,10 @@
    browser can read a 401.
 3. ``ApiKeyMiddleware`` — only when ``SEGSERVE_API_KEYS`` is set: ``Authorization: Bearer <key>``
    on every path except ``SEGSERVE_AUTH_PUBLIC_PATHS`` (probes and metrics by default).
+4. ``BodyBudgetMiddleware`` — bounds the request bodies held at once: each upload reserves its
+   declared size (the body limit when it declares none) from ``SEGSERVE_MAX_INFLIGHT_BODY_BYTES``
+   and is refused with 503 ``overloaded`` when the budget is spent. Without it, memory grows
+   with the number of concurrent uploads, which the client controls.
 
 Pure ASGI rather than ``BaseHTTPMiddleware``: no extra task per request and the request body is
 never touched here, so streaming uploads and their size limit stay with the API layer.
@@ -29,7 +33,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Unauthorized, problem_from
+from service import metrics
+from service.errors import Overloaded, Unauthorized, problem_from
 from service.settings import Settings
 
 log = logging.getLogger("segserve.security")
@@ -46,6 +51,8 @@ request_id_var: ContextVar[str] = ContextVar("segserve_request_id", default="-")
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Wire authentication, CORS and request ids into ``app`` according to ``settings``."""
     # add_middleware wraps what is already there: the last one added is the outermost.
+    app.add_middleware(BodyBudgetMiddleware, budget_bytes=settings.max_inflight_body_bytes,
+                       max_body_bytes=settings.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(
             ApiKeyMiddleware,
@@ -106,6 +113,44 @@ class ApiKeyMiddleware:
         for key_digest in self._key_digests:  # no early exit: the time does not say which key
             valid |= hmac.compare_digest(digest, key_digest)
         return valid
+
+
+class BodyBudgetMiddleware:
+    """Admit a request with a body only while the bodies being held fit in ``budget_bytes``."""
+
+    def __init__(self, app: ASGIApp, *, budget_bytes: int, max_body_bytes: int) -> None:
+        self.app = app
+        self.budget_bytes = budget_bytes
+        self.max_body_bytes = max_body_bytes
+        self.reserved_bytes = 0  # one event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = self._reservation(scope) if scope["type"] == "http" else 0
+        if size == 0:
+            await self.app(scope, receive, send)
+            return
+        if self.reserved_bytes + size > self.budget_bytes:
+            log.warning("refused %s %s: %d body bytes already held, %d more asked",
+                        scope["method"], scope["path"], self.reserved_bytes, size)
+            metrics.REJECTIONS.labels("", "body_budget").inc()
+            error = Overloaded(f"the server is holding too many uploads ({self.reserved_bytes} "
+                               "bytes); retry later")
+            await problem_from(error)(scope, receive, send)
+            return
+        self.reserved_bytes += size
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.reserved_bytes -= size
+
+    def _reservation(self, scope: Scope) -> int:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit():
+            # The API refuses a declared size over the limit before reading a byte of it.
+            return 0 if int(declared) > self.max_body_bytes else int(declared)
+        if _header(scope, b"transfer-encoding") is not None:
+            return self.max_body_bytes  # chunked: may grow to the limit
+        return 0
 
 
 class RequestIdMiddleware:

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # the public ones (probes and metrics by default, so orchestrators need no secret).
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     auth_public_paths: Annotated[tuple[str, ...], NoDecode] = ("/healthz", "/readyz", "/metrics")
+    # Request bodies held at once (each reserves its declared size): bounds upload memory.
+    max_inflight_body_bytes: int = Field(256 * 1024 * 1024, ge=1)
     # Browser origins allowed to call the API; none: no CORS headers at all.
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 

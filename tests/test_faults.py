@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -233,6 +234,46 @@ def test_deadline_exceeded_gives_504(slow_repo: Path, log_path: Path) -> None:
         for r in responses:
             if r.status_code == 504:
                 assert_problem(r, 504, "deadline_exceeded")
+
+
+def test_concurrent_uploads_are_bounded_by_the_body_budget(tmp_path: Path,
+                                                           log_path: Path) -> None:
+    """While one slow 0.8 MB upload holds most of a 1.5 MB budget, another one is refused
+    with 503 at once (before a byte of it is read), a small one still fits, and once the slow
+    upload is done the big one is admitted again."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo)
+    big = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3),
+                                                                   dtype=np.uint8)), "PNG")
+    assert 700_000 < len(big) < 1_000_000
+    env = env_for(repo, max_body_bytes=1_000_000, max_inflight_body_bytes=1_500_000)
+    with running_server(env, log_path) as server, server.client() as client:
+        asyncio.run(_uploads_against_budget(server.base_url, big))
+        assert client.post("/segment", content=big,
+                           headers={"Content-Type": "image/png"}).status_code == 200
+
+
+async def _uploads_against_budget(base_url: str, big: bytes) -> None:
+    headers = {"Content-Type": "image/png"}
+    admitted = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield big[:1000]
+        admitted.set()
+        await asyncio.sleep(1.0)  # the client is slow: the server holds the reservation
+        yield big[1000:]
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        slow = asyncio.create_task(client.post(
+            "/segment", content=trickle(), headers=headers | {"Content-Length": str(len(big))}))
+        await admitted.wait()
+        await asyncio.sleep(0.2)
+        refused = await client.post("/segment", content=big, headers=headers)
+        assert_problem(refused, 503, "overloaded")
+        assert int(refused.headers["retry-after"]) >= 1
+        small = await client.post("/segment", content=DARK, headers=headers)
+        assert small.status_code == 200
+        assert (await slow).status_code == 200
 
 
 # ---- a model that fails at run time --------------------------------------------------------------
