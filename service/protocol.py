@@ -1,0 +1,127 @@
+"""The HTTP side of ``POST /segment``: which bodies are accepted and how they are read (size
+capped while streaming), which output format the client asks for, and whether it is still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable
+from enum import StrEnum
+from typing import TypeVar
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+T = TypeVar("T")
+
+RAW_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff",
+                   "image/gif", "application/octet-stream")
+MULTIPART = "multipart/form-data"
+_ALIASES = {"image/jpg": "image/jpeg", "image/x-ms-bmp": "image/bmp"}
+
+
+class OutputFormat(StrEnum):
+    png = "png"
+    rle = "rle"
+    overlay = "overlay"
+
+
+# Accept media range -> format, for requests without ?format=.
+_ACCEPTS = {"application/json": OutputFormat.rle, "image/png": OutputFormat.png,
+            "image/*": OutputFormat.png, "*/*": OutputFormat.png}
+
+
+def negotiate(accept: str | None) -> OutputFormat:
+    """The format the ``Accept`` header prefers (highest q; ties: first listed), else png."""
+    best, best_q = OutputFormat.png, 0.0
+    for entry in (accept or "").split(","):
+        media, *params = (part.strip() for part in entry.split(";"))
+        fmt = _ACCEPTS.get(media.lower())
+        if fmt is None:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q:
+            best, best_q = fmt, q
+    return best
+
+
+def media_type(headers: Headers) -> str:
+    """The body's media type if accepted (an image type, octet-stream or multipart), else 415."""
+    raw = headers.get("content-type")
+    if raw is None:
+        return "application/octet-stream"  # no claim at all: sniff the bytes
+    media = raw.split(";", 1)[0].strip().lower()
+    media = _ALIASES.get(media, media)
+    if media in RAW_MEDIA_TYPES or media == MULTIPART:
+        return media
+    raise UnsupportedMediaType(
+        f"Content-Type '{media}' is not accepted: send the image as {', '.join(RAW_MEDIA_TYPES)}"
+        f", or as the part 'image' of {MULTIPART}"
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:  # chunked or lying Content-Length: count what actually arrives
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def image_part(headers: Headers, body: bytes) -> bytes:
+    """The part ``image`` of a multipart body already read (and size-capped) in memory."""
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(headers, replay(), max_files=4, max_fields=16,
+                             max_part_size=len(body) + 1)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidImage(f"the multipart body cannot be parsed: {exc.message}") from exc
+    try:
+        part = form.get("image")
+        if not isinstance(part, UploadFile):
+            raise InvalidImage(
+                "the multipart body has no file part named 'image' (curl -F image=@photo.jpg)"
+            )
+        return await part.read()
+    finally:
+        await form.close()
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Await ``work`` unless the client goes away first: then cancel it (the batcher frees the
+    request's place in its queue) and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next ASGI message can only be the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
