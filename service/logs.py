@@ -56,3 +56,4 @@ def configure_logging(level: str, fmt: str) -> None:
         logger.propagate = True
     # The access line is ours (one per request, with model, status and latency); drop uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # library warnings become log lines in the same format

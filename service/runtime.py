@@ -87,6 +87,7 @@ def open_session(
     path: Path, settings: Settings, *, available: list[str] | None = None
 ) -> ort.InferenceSession:
     """Create a session on the provider ``settings.provider`` resolves to (see module doc)."""
+    ort.set_default_logger_severity(3)  # ORT's own (non-JSON) stderr lines: errors only
     if settings.provider == "tensorrt":
         settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
     attempts = plan_providers(
