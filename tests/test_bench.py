@@ -129,3 +129,20 @@ def test_sweep_draws_latency_against_throughput(tiny_model: Path, tmp_path: Path
     assert [r["concurrency"] for r in rows] == [1, 2]
     assert all(r["ok"] > 0 for r in rows)
     assert Image.open(png).size[0] > 400
+
+
+def test_levers_argmax_folding_matches_numpy(tiny_model: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from bench.levers import with_argmax
+
+    proto = onnx.load(tiny_model)
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    plain = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    folded = ort.InferenceSession(with_argmax(proto).SerializeToString(),
+                                  providers=["CPUExecutionProvider"])
+    logits = plain.run(None, {"input": x})[0]
+    labels = folded.run(None, {"input": x})[0]
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, logits.argmax(axis=1))
