@@ -145,11 +145,14 @@ class Batcher:
     def _expire(self, item: _Item) -> None:
         if not item.future.done():
             self._discard(item)
-            waited_ms = (time.monotonic() - item.arrived) * 1000
-            item.future.set_exception(
-                DeadlineExceeded(f"request waited {waited_ms:.0f} ms for model {self.name} "
-                                 "and passed its deadline before inference")
-            )
+            self._deadline_passed(item)
+
+    def _deadline_passed(self, item: _Item) -> None:
+        waited_ms = (time.monotonic() - item.arrived) * 1000
+        item.future.set_exception(
+            DeadlineExceeded(f"request waited {waited_ms:.0f} ms for model {self.name} "
+                             "and passed its deadline before inference")
+        )
 
     async def _loop(self) -> None:
         while True:
@@ -182,7 +185,7 @@ class Batcher:
                 if item.future.done():  # cancelled; its waiter has not run to remove it yet
                     continue
                 if item.deadline <= now:  # its timer is due but has not run yet
-                    self._expire_taken(item, now)
+                    self._deadline_passed(item)
                 else:
                     items.append(item)
             if items:
@@ -201,47 +204,42 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrival.wait(), wait_s)
 
-    def _expire_taken(self, item: _Item, now: float) -> None:
-        item.future.set_exception(
-            DeadlineExceeded(f"request waited {(now - item.arrived) * 1000:.0f} ms for model "
-                             f"{self.name} and passed its deadline before inference")
-        )
-
     async def _execute(self, items: list[_Item]) -> None:
         buffer = self._buffer(items[0].x)
         try:
-            # Waiters cancelled while the batch was filling: their items must not run.
+            # Waiters cancelled after the batch was taken (before this task ran) must not run.
             items = [item for item in items if not item.future.done()]
-            if not items:
-                return
-            n = len(items)
-            for i, item in enumerate(items):
-                buffer[i] = item.x
-            started = time.monotonic()
-            try:
-                outputs = await self._run_batch(buffer[:n])
-                if len(outputs) != n:
-                    raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {n} inputs")
-            except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    log.exception("inference failed for a batch of %d on %s", n, self.name)
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(
-                            InferenceFailed(f"inference failed on model {self.name}")
-                        )
-                if isinstance(exc, Exception):
-                    return
-                raise
-            run_s = time.monotonic() - started
-            for i, item in enumerate(items):
-                if not item.future.done():
-                    item.future.set_result(
-                        Completed(outputs[i], started - item.arrived, run_s, n)
-                    )
+            if items:
+                await self._run(items, buffer)
         finally:
             self._free_buffers.append(buffer)
             self._slots.release()
+
+    async def _run(self, items: list[_Item], buffer: np.ndarray) -> None:
+        n = len(items)
+        for i, item in enumerate(items):
+            buffer[i] = item.x
+        started = time.monotonic()
+        try:
+            outputs = await self._run_batch(buffer[:n])
+            if len(outputs) != n:
+                raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {n} inputs")
+        except Exception:
+            log.exception("inference failed for a batch of %d on %s", n, self.name)
+            self._fail(items)
+            return
+        except asyncio.CancelledError:  # the server is being torn down: still answer everyone
+            self._fail(items)
+            raise
+        run_s = time.monotonic() - started
+        for i, item in enumerate(items):
+            if not item.future.done():
+                item.future.set_result(Completed(outputs[i], started - item.arrived, run_s, n))
+
+    def _fail(self, items: list[_Item]) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(InferenceFailed(f"inference failed on model {self.name}"))
 
     def _buffer(self, x: np.ndarray) -> np.ndarray:
         """A reusable (max_batch_size, *x.shape) array: one per concurrently running batch."""
