@@ -95,30 +95,36 @@ class SoakReport:
         if self.check_failures:
             self.failures.append(f"wrong answers: {self.check_failures[:3]}")
         if self.p99_last_ms > spec.p99_ratio * self.p99_first_ms:
-            self.failures.append(f"p99 grew from {self.p99_first_ms:.1f} to "
-                                 f"{self.p99_last_ms:.1f} ms (limit {spec.p99_ratio}×)")
+            self.failures.append(
+                f"p99 grew from {self.p99_first_ms:.1f} to "
+                f"{self.p99_last_ms:.1f} ms (limit {spec.p99_ratio}×)"
+            )
         if self.rss_last_mb > (1 + spec.rss_growth) * self.rss_first_mb:
-            self.failures.append(f"RSS grew from {self.rss_first_mb:.1f} to "
-                                 f"{self.rss_last_mb:.1f} MiB (limit +{spec.rss_growth:.0%})")
+            self.failures.append(
+                f"RSS grew from {self.rss_first_mb:.1f} to "
+                f"{self.rss_last_mb:.1f} MiB (limit +{spec.rss_growth:.0%})"
+            )
 
     def summary(self) -> str:
         requests = sum(s.result.requests for s in self.segments)
         ok = sum(s.result.ok for s in self.segments)
         wall = self.segments[-1].end_s - self.segments[0].start_s
-        return "\n".join([
-            f"max throughput (closed loop, c={self.spec.probe_concurrency}): "
-            f"{self.max_rps:.1f} req/s; offered {self.offered_rps:.1f} req/s "
-            f"({self.spec.fraction:.0%}) for {wall:.0f} s",
-            f"requests {requests}, 200 OK {ok}, errors {self.errors or 0}, "
-            f"wrong answers {len(self.check_failures)}",
-            f"p99 first segment {self.p99_first_ms:.1f} ms, last {self.p99_last_ms:.1f} ms "
-            f"(ratio {self.p99_last_ms / self.p99_first_ms:.2f}, limit {self.spec.p99_ratio})",
-            f"RSS first segment {self.rss_first_mb:.1f} MiB, last {self.rss_last_mb:.1f} MiB "
-            f"(growth {self.rss_last_mb / self.rss_first_mb - 1:+.1%}, "
-            f"limit +{self.spec.rss_growth:.0%})",
-            f"load average at start {self.load_average_start}, at end {self.load_average_end}",
-            "PASS" if self.passed else "FAIL: " + "; ".join(self.failures),
-        ])
+        return "\n".join(
+            [
+                f"max throughput (closed loop, c={self.spec.probe_concurrency}): "
+                f"{self.max_rps:.1f} req/s; offered {self.offered_rps:.1f} req/s "
+                f"({self.spec.fraction:.0%}) for {wall:.0f} s",
+                f"requests {requests}, 200 OK {ok}, errors {self.errors or 0}, "
+                f"wrong answers {len(self.check_failures)}",
+                f"p99 first segment {self.p99_first_ms:.1f} ms, last {self.p99_last_ms:.1f} ms "
+                f"(ratio {self.p99_last_ms / self.p99_first_ms:.2f}, limit {self.spec.p99_ratio})",
+                f"RSS first segment {self.rss_first_mb:.1f} MiB, last {self.rss_last_mb:.1f} MiB "
+                f"(growth {self.rss_last_mb / self.rss_first_mb - 1:+.1%}, "
+                f"limit +{self.spec.rss_growth:.0%})",
+                f"load average at start {self.load_average_start}, at end {self.load_average_end}",
+                "PASS" if self.passed else "FAIL: " + "; ".join(self.failures),
+            ]
+        )
 
 
 def _mean_between(samples: list[tuple[float, float]], start: float, end: float) -> float:
@@ -157,15 +163,28 @@ class RssSampler:
 def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) -> SoakReport:
     """Measure the maximum, then hold ``fraction`` of it for ``duration_s``; judge the run."""
     require_loopback(base_url)
-    base = LoadSpec(base_url=base_url, body=sample_jpeg(spec.image), format=spec.format,
-                    server_pid=server_pid, progress=progress)
-    probe = run_load(replace(base, concurrency=spec.probe_concurrency, duration_s=spec.probe_s,
-                             warmup_s=min(2.0, spec.probe_s)))
+    base = LoadSpec(
+        base_url=base_url,
+        body=sample_jpeg(spec.image),
+        format=spec.format,
+        server_pid=server_pid,
+        progress=progress,
+    )
+    probe = run_load(
+        replace(
+            base,
+            concurrency=spec.probe_concurrency,
+            duration_s=spec.probe_s,
+            warmup_s=min(2.0, spec.probe_s),
+        )
+    )
     if probe.ok == 0:
         raise SystemExit(f"the maximum-throughput probe got no answer: {probe.status_counts}")
     offered = spec.fraction * probe.throughput_rps
-    _log(f"max {probe.throughput_rps:.1f} req/s (p99 {probe.latency_ms['p99']:.0f} ms); "
-         f"soaking at {offered:.1f} req/s for {spec.duration_s:.0f} s")
+    _log(
+        f"max {probe.throughput_rps:.1f} req/s (p99 {probe.latency_ms['p99']:.0f} ms); "
+        f"soaking at {offered:.1f} req/s for {spec.duration_s:.0f} s"
+    )
 
     load_start = str(procstat.load_average())
     t0 = time.perf_counter()
@@ -174,17 +193,32 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
         index = 0
         while (remaining := spec.duration_s - (time.perf_counter() - t0)) > 0.5:
             start = time.perf_counter() - t0
-            result = run_load(replace(base, rate=offered, concurrency=None, warmup_s=0.0,
-                                      duration_s=min(spec.segment_s, remaining), seed=index))
+            result = run_load(
+                replace(
+                    base,
+                    rate=offered,
+                    concurrency=None,
+                    warmup_s=0.0,
+                    duration_s=min(spec.segment_s, remaining),
+                    seed=index,
+                )
+            )
             segments.append(Segment(start, time.perf_counter() - t0, offered, result))
-            _log(f"[{segments[-1].end_s:6.0f} s] {result.throughput_rps:6.1f} req/s, "
-                 f"p50 {result.latency_ms['p50']:.0f} ms, p99 {result.latency_ms['p99']:.0f} ms, "
-                 f"RSS {sampler.samples[-1][1]:.0f} MiB, statuses {result.status_counts}")
+            _log(
+                f"[{segments[-1].end_s:6.0f} s] {result.throughput_rps:6.1f} req/s, "
+                f"p50 {result.latency_ms['p50']:.0f} ms, p99 {result.latency_ms['p99']:.0f} ms, "
+                f"RSS {sampler.samples[-1][1]:.0f} MiB, statuses {result.status_counts}"
+            )
             index += 1
-    report = SoakReport(spec=spec, max_rps=probe.throughput_rps, offered_rps=offered,
-                        segments=segments, rss_mb=sampler.samples,
-                        load_average_start=load_start,
-                        load_average_end=str(procstat.load_average()))
+    report = SoakReport(
+        spec=spec,
+        max_rps=probe.throughput_rps,
+        offered_rps=offered,
+        segments=segments,
+        rss_mb=sampler.samples,
+        load_average_start=load_start,
+        load_average_end=str(procstat.load_average()),
+    )
     report.judge()
     return report
 
@@ -211,9 +245,11 @@ def plot(report: SoakReport, path: Path) -> None:
     ax_rss.set_ylabel("server RSS, MiB")
     ax_rss.set_ylim(0, 1.15 * max(mb for _, mb in report.rss_mb))
     ax_rss.set_xlabel("seconds")
-    fig.suptitle(f"segserve soak: {report.offered_rps:.1f} req/s "
-                 f"({report.spec.fraction:.0%} of max), {report.spec.image} JPEG, "
-                 f"format={report.spec.format}")
+    fig.suptitle(
+        f"segserve soak: {report.offered_rps:.1f} req/s "
+        f"({report.spec.fraction:.0%} of max), {report.spec.image} JPEG, "
+        f"format={report.spec.format}"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -227,8 +263,12 @@ def _log(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = SoakSpec()
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="model.onnx to serve (its repository folder is served)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="model.onnx to serve (its repository folder is served)",
+    )
     parser.add_argument("--url", help="attach to a running loopback server instead")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's PID (for RSS)")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds")
@@ -237,10 +277,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe", type=float, default=defaults.probe_s, help="seconds")
     parser.add_argument("--probe-concurrency", type=int, default=defaults.probe_concurrency)
     parser.add_argument("--rss-interval", type=float, default=defaults.rss_interval_s)
-    parser.add_argument("--p99-ratio", type=float, default=defaults.p99_ratio,
-                        help="pass: last segment's p99 <= this x the first's")
-    parser.add_argument("--rss-growth", type=float, default=defaults.rss_growth,
-                        help="pass: last segment's RSS <= (1 + this) x the first's")
+    parser.add_argument(
+        "--p99-ratio",
+        type=float,
+        default=defaults.p99_ratio,
+        help="pass: last segment's p99 <= this x the first's",
+    )
+    parser.add_argument(
+        "--rss-growth",
+        type=float,
+        default=defaults.rss_growth,
+        help="pass: last segment's RSS <= (1 + this) x the first's",
+    )
     parser.add_argument("--format", default=defaults.format, choices=["png", "rle", "overlay"])
     parser.add_argument("--json", type=Path, default=RESULTS / "soak.json")
     parser.add_argument("--plot", type=Path, help="write the plot here (PNG)")
@@ -250,10 +298,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--url and --server-pid go together")
     if not 0 < args.fraction <= 1:
         parser.error("--fraction must be in (0, 1]")
-    spec = SoakSpec(duration_s=args.duration, fraction=args.fraction, segment_s=args.segment,
-                    probe_s=args.probe, probe_concurrency=args.probe_concurrency,
-                    rss_interval_s=args.rss_interval, p99_ratio=args.p99_ratio,
-                    rss_growth=args.rss_growth, format=args.format)
+    spec = SoakSpec(
+        duration_s=args.duration,
+        fraction=args.fraction,
+        segment_s=args.segment,
+        probe_s=args.probe,
+        probe_concurrency=args.probe_concurrency,
+        rss_interval_s=args.rss_interval,
+        p99_ratio=args.p99_ratio,
+        rss_growth=args.rss_growth,
+        format=args.format,
+    )
 
     progress = not args.no_progress
     if args.url:

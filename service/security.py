@@ -51,8 +51,11 @@ request_id_var: ContextVar[str] = ContextVar("segserve_request_id", default="-")
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Wire authentication, CORS and request ids into ``app`` according to ``settings``."""
     # add_middleware wraps what is already there: the last one added is the outermost.
-    app.add_middleware(BodyBudgetMiddleware, budget_bytes=settings.max_inflight_body_bytes,
-                       max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyBudgetMiddleware,
+        budget_bytes=settings.max_inflight_body_bytes,
+        max_body_bytes=settings.max_body_bytes,
+    )
     if settings.api_keys:
         app.add_middleware(
             ApiKeyMiddleware,
@@ -93,8 +96,13 @@ class ApiKeyMiddleware:
             return
         # The access log sits inside this middleware, so refusals are logged here.
         client = scope.get("client")
-        log.warning("refused %s %s: %s API key", scope["method"], scope["path"],
-                    "invalid" if token else "no", extra={"client": client[0] if client else None})
+        log.warning(
+            "refused %s %s: %s API key",
+            scope["method"],
+            scope["path"],
+            "invalid" if token else "no",
+            extra={"client": client[0] if client else None},
+        )
         if token is None:
             error = Unauthorized(
                 "Send an API key as 'Authorization: Bearer <key>'.",
@@ -130,11 +138,17 @@ class BodyBudgetMiddleware:
             await self.app(scope, receive, send)
             return
         if self.reserved_bytes + size > self.budget_bytes:
-            log.warning("refused %s %s: %d body bytes already held, %d more asked",
-                        scope["method"], scope["path"], self.reserved_bytes, size)
+            log.warning(
+                "refused %s %s: %d body bytes already held, %d more asked",
+                scope["method"],
+                scope["path"],
+                self.reserved_bytes,
+                size,
+            )
             metrics.REJECTIONS.labels("", "body_budget").inc()
-            error = Overloaded(f"the server is holding too many uploads ({self.reserved_bytes} "
-                               "bytes); retry later")
+            error = Overloaded(
+                f"the server is holding too many uploads ({self.reserved_bytes} bytes); retry later"
+            )
             await problem_from(error)(scope, receive, send)
             return
         self.reserved_bytes += size

@@ -61,15 +61,20 @@ def write_slow_model(repo: Path, name: str = "slow", convs: int = 60) -> Path:
     }
     nodes = [helper.make_node("Conv", ["input", "w_in"], ["h0"], pads=[1, 1, 1, 1])]
     for i in range(convs):
-        nodes += [helper.make_node("Conv", [f"h{i}", "w"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"])]
+        nodes += [
+            helper.make_node("Conv", [f"h{i}", "w"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
+        ]
     nodes.append(helper.make_node("Conv", [f"h{convs}", "w_out"], ["logits"]))
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, size, size])],
-        initializer=[helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel())
-                     for k, v in weights.items()],
+        initializer=[
+            helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel())
+            for k, v in weights.items()
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -85,22 +90,40 @@ def write_failing_model(repo: Path, name: str = "flaky", limit: float = 0.99) ->
     graph = model.graph
     ok_branch = helper.make_graph(
         [helper.make_node("Conv", ["input", "W", "B"], ["ok_logits"], kernel_shape=[1, 1])],
-        "ok", [], [helper.make_tensor_value_info("ok_logits", TensorProto.FLOAT, None)])
+        "ok",
+        [],
+        [helper.make_tensor_value_info("ok_logits", TensorProto.FLOAT, None)],
+    )
     failing_branch = helper.make_graph(
-        [helper.make_node("Constant", [], ["shape"], value=helper.make_tensor(
-            "shape_value", TensorProto.INT64, [4], [-1, 3, 7, 5])),
-         helper.make_node("Reshape", ["input", "shape"], ["bad_logits"])],
-        "impossible_reshape", [],
-        [helper.make_tensor_value_info("bad_logits", TensorProto.FLOAT, None)])
+        [
+            helper.make_node(
+                "Constant",
+                [],
+                ["shape"],
+                value=helper.make_tensor("shape_value", TensorProto.INT64, [4], [-1, 3, 7, 5]),
+            ),
+            helper.make_node("Reshape", ["input", "shape"], ["bad_logits"]),
+        ],
+        "impossible_reshape",
+        [],
+        [helper.make_tensor_value_info("bad_logits", TensorProto.FLOAT, None)],
+    )
     del graph.node[:]
-    graph.node.extend([
-        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
-        helper.make_node("Constant", [], ["limit"], value=helper.make_tensor(
-            "limit_value", TensorProto.FLOAT, [], [limit])),
-        helper.make_node("Greater", ["peak", "limit"], ["too_bright"]),
-        helper.make_node("If", ["too_bright"], ["logits"], then_branch=failing_branch,
-                         else_branch=ok_branch),
-    ])
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+            helper.make_node(
+                "Constant",
+                [],
+                ["limit"],
+                value=helper.make_tensor("limit_value", TensorProto.FLOAT, [], [limit]),
+            ),
+            helper.make_node("Greater", ["peak", "limit"], ["too_bright"]),
+            helper.make_node(
+                "If", ["too_bright"], ["logits"], then_branch=failing_branch, else_branch=ok_branch
+            ),
+        ]
+    )
     return _save(model, repo, name)
 
 
@@ -114,8 +137,11 @@ WHITE = png((255, 255, 255))
 
 
 def env_for(repo: Path, **settings: object) -> dict[str, str]:
-    return {"SEGSERVE_MODEL_REPOSITORY": str(repo), "SEGSERVE_INTRA_OP_THREADS": "1",
-            **{f"SEGSERVE_{k.upper()}": str(v) for k, v in settings.items()}}
+    return {
+        "SEGSERVE_MODEL_REPOSITORY": str(repo),
+        "SEGSERVE_INTRA_OP_THREADS": "1",
+        **{f"SEGSERVE_{k.upper()}": str(v) for k, v in settings.items()},
+    }
 
 
 def gauge(client: httpx.Client, name: str) -> float:
@@ -137,9 +163,12 @@ async def _burst(base_url: str, n: int, body: bytes) -> list[httpx.Response | Ba
     limits = httpx.Limits(max_connections=n)
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         return await asyncio.gather(
-            *(client.post("/segment", content=body, headers={"Content-Type": "image/png"})
-              for _ in range(n)),
-            return_exceptions=True)
+            *(
+                client.post("/segment", content=body, headers={"Content-Type": "image/png"})
+                for _ in range(n)
+            ),
+            return_exceptions=True,
+        )
 
 
 def burst(server: Server, n: int, body: bytes) -> list[httpx.Response]:
@@ -163,8 +192,9 @@ def log_path(tmp_path: Path) -> Path:
 
 
 # ---- overload ----------------------------------------------------------------------------------
-def test_full_queue_answers_503_with_retry_after_and_recovers(slow_repo: Path,
-                                                              log_path: Path) -> None:
+def test_full_queue_answers_503_with_retry_after_and_recovers(
+    slow_repo: Path, log_path: Path
+) -> None:
     env = env_for(slow_repo, max_queue=2, max_batch_size=1)
     with running_server(env, log_path) as server, server.client() as client:
         responses = burst(server, 16, DARK)
@@ -179,9 +209,11 @@ def test_full_queue_answers_503_with_retry_after_and_recovers(slow_repo: Path,
                 assert_problem(r, 503, "overloaded")
                 assert int(r.headers["retry-after"]) >= 1
         assert gauge(client, "segserve_queue_depth") == 0
-        assert client.post("/segment", content=DARK,
-                           headers={"Content-Type": "image/png"}).status_code == 200
-        rejected = gauge(client, 'segserve_rejections_total')
+        assert (
+            client.post("/segment", content=DARK, headers={"Content-Type": "image/png"}).status_code
+            == 200
+        )
+        rejected = gauge(client, "segserve_rejections_total")
         assert rejected >= statuses[503]
 
 
@@ -211,6 +243,7 @@ async def _abandon(base_url: str, total: int, concurrency: int, after_s: float) 
     sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=after_s, limits=limits) as client:
+
         async def one() -> None:
             try:
                 await client.post("/segment", content=DARK, headers={"Content-Type": "image/png"})
@@ -237,21 +270,24 @@ def test_deadline_exceeded_gives_504(slow_repo: Path, log_path: Path) -> None:
                 assert_problem(r, 504, "deadline_exceeded")
 
 
-def test_concurrent_uploads_are_bounded_by_the_body_budget(tmp_path: Path,
-                                                           log_path: Path) -> None:
+def test_concurrent_uploads_are_bounded_by_the_body_budget(tmp_path: Path, log_path: Path) -> None:
     """While one slow 0.8 MB upload holds most of a 1.5 MB budget, another one is refused
     with 503 at once (before a byte of it is read), a small one still fits, and once the slow
     upload is done the big one is admitted again."""
     repo = tmp_path / "models"
     write_tiny_model(repo)
-    big = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3),
-                                                                   dtype=np.uint8)), "PNG")
+    big = encode(
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)),
+        "PNG",
+    )
     assert 700_000 < len(big) < 1_000_000
     env = env_for(repo, max_body_bytes=1_000_000, max_inflight_body_bytes=1_500_000)
     with running_server(env, log_path) as server, server.client() as client:
         asyncio.run(_uploads_against_budget(server.base_url, big))
-        assert client.post("/segment", content=big,
-                           headers={"Content-Type": "image/png"}).status_code == 200
+        assert (
+            client.post("/segment", content=big, headers={"Content-Type": "image/png"}).status_code
+            == 200
+        )
 
 
 async def _uploads_against_budget(base_url: str, big: bytes) -> None:
@@ -265,8 +301,11 @@ async def _uploads_against_budget(base_url: str, big: bytes) -> None:
         yield big[1000:]
 
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        slow = asyncio.create_task(client.post(
-            "/segment", content=trickle(), headers=headers | {"Content-Length": str(len(big))}))
+        slow = asyncio.create_task(
+            client.post(
+                "/segment", content=trickle(), headers=headers | {"Content-Length": str(len(big))}
+            )
+        )
         await admitted.wait()
         await asyncio.sleep(0.2)
         refused = await client.post("/segment", content=big, headers=headers)
@@ -283,8 +322,10 @@ def test_inference_error_fails_only_its_batch_and_the_server_goes_on(
 ) -> None:
     repo = tmp_path / "models"
     write_failing_model(repo)
-    with running_server(env_for(repo, max_batch_size=1), log_path) as server, \
-            server.client() as client:
+    with (
+        running_server(env_for(repo, max_batch_size=1), log_path) as server,
+        server.client() as client,
+    ):
         before = client.post("/segment", content=DARK, headers={"Content-Type": "image/png"})
         assert before.status_code == 200
         # One poisoned request among valid ones, batches of one: only it fails.
@@ -304,9 +345,14 @@ def test_inference_error_fails_only_its_batch_and_the_server_goes_on(
 
 async def _mixed(base_url: str, bodies: list[bytes]) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        return list(await asyncio.gather(
-            *(client.post("/segment", content=b, headers={"Content-Type": "image/png"})
-              for b in bodies)))
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post("/segment", content=b, headers={"Content-Type": "image/png"})
+                    for b in bodies
+                )
+            )
+        )
 
 
 def test_a_failed_batch_takes_down_only_the_requests_batched_with_it(
@@ -362,8 +408,9 @@ def test_model_without_a_card_exits_nonzero_with_a_clear_message(tmp_path: Path)
 
 
 # ---- SIGTERM under load --------------------------------------------------------------------------
-def test_sigterm_under_load_finishes_every_accepted_request(slow_repo: Path,
-                                                            log_path: Path) -> None:
+def test_sigterm_under_load_finishes_every_accepted_request(
+    slow_repo: Path, log_path: Path
+) -> None:
     server = start_server(env_for(slow_repo, max_batch_size=2), log_path)
     try:
         responses = asyncio.run(_terminate_under_load(server, n=6))
@@ -375,9 +422,12 @@ def test_sigterm_under_load_finishes_every_accepted_request(slow_repo: Path,
 
 async def _terminate_under_load(server: Server, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-        tasks = [asyncio.create_task(client.post("/segment", content=DARK,
-                                                 headers={"Content-Type": "image/png"}))
-                 for _ in range(n)]
+        tasks = [
+            asyncio.create_task(
+                client.post("/segment", content=DARK, headers={"Content-Type": "image/png"})
+            )
+            for _ in range(n)
+        ]
         # Wait until all of them are in the server (6 x ~0.1 s of work queued), then SIGTERM.
         for _ in range(250):
             metrics = (await client.get("/metrics")).text

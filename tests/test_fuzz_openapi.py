@@ -27,10 +27,22 @@ from schemathesis.checks import (
 from tests.support import Server, running_server, write_tiny_model
 
 EXAMPLES = 40  # per operation and generation mode
-OPERATIONS = [("POST", "/segment"), ("GET", "/models"), ("GET", "/models/{name}"),
-              ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance, negative_data_rejection]
+OPERATIONS = [
+    ("POST", "/segment"),
+    ("GET", "/models"),
+    ("GET", "/models/{name}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +67,8 @@ def test_every_operation_is_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
 
 # Negative data needs something that can be invalid: only /segment has constrained inputs.
 CASES = [(method, path, GenerationMode.POSITIVE) for method, path in OPERATIONS] + [
-    ("POST", "/segment", GenerationMode.NEGATIVE)]
+    ("POST", "/segment", GenerationMode.NEGATIVE)
+]
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES)
@@ -64,8 +77,13 @@ def test_no_server_error_and_answers_match_the_schema(
 ) -> None:
     operation = api_schema[path][method]
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def fuzz(case: Case) -> None:
         case.call_and_validate(checks=CHECKS, timeout=30)

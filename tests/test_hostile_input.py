@@ -54,14 +54,15 @@ def _valid(client: httpx.Client, image: bytes) -> httpx.Response:
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baseline]:
     root = tmp_path_factory.mktemp("hostile")
     write_tiny_model(root / "models")
-    env = {"SEGSERVE_MODEL_REPOSITORY": str(root / "models"),
-           "SEGSERVE_MAX_BODY_BYTES": str(BODY_LIMIT)}
+    env = {
+        "SEGSERVE_MODEL_REPOSITORY": str(root / "models"),
+        "SEGSERVE_MAX_BODY_BYTES": str(BODY_LIMIT),
+    }
     with running_server(env, root / "server.log") as server, server.client() as client:
         image = encode(quadrants(96, 64), "PNG")
         first = _valid(client, image)
         assert first.status_code == 200, first.text
-        yield Baseline(server, client, image, first.content,
-                       vm_kib(server.process.pid, "VmHWM"))
+        yield Baseline(server, client, image, first.content, vm_kib(server.process.pid, "VmHWM"))
 
 
 def _jpeg() -> bytes:
@@ -77,16 +78,17 @@ def _png_corrupt_idat() -> bytes:
     decoder can notice)."""
     data = bytearray(_png())
     at = data.index(b"IDAT")
-    length = struct.unpack(">I", data[at - 4:at])[0]
-    payload = bytes(b ^ 0x5A for b in data[at + 4:at + 4 + length])
-    data[at + 4:at + 4 + length] = payload
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    payload = bytes(b ^ 0x5A for b in data[at + 4 : at + 4 + length])
+    data[at + 4 : at + 4 + length] = payload
     struct.pack_into(">I", data, at + 4 + length, zlib.crc32(b"IDAT" + payload))
     return bytes(data)
 
 
 def _multipart(field_name: str, payload: bytes) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://x/", files={field_name: ("a.png", payload,
-                                                                     "image/png")})
+    request = httpx.Request(
+        "POST", "http://x/", files={field_name: ("a.png", payload, "image/png")}
+    )
     return request.read(), request.headers["content-type"]
 
 
@@ -100,66 +102,195 @@ _bomb_body, _bomb_type = _multipart("image", png_declaring(50_000, 50_000))
 
 # (id, request keyword arguments for client.post("/segment", ...), status, code)
 CASES = [
-    ("empty-body", {"content": b"", "headers": {"Content-Type": "image/png"}},
-     400, "invalid_image"),
+    (
+        "empty-body",
+        {"content": b"", "headers": {"Content-Type": "image/png"}},
+        400,
+        "invalid_image",
+    ),
     ("empty-body-no-type", {"content": b""}, 400, "invalid_image"),
-    ("random-bytes", {"content": os.urandom(4096),
-                      "headers": {"Content-Type": "application/octet-stream"}},
-     400, "invalid_image"),
-    ("random-bytes-as-jpeg", {"content": os.urandom(4096),
-                              "headers": {"Content-Type": "image/jpeg"}}, 400, "invalid_image"),
-    ("truncated-jpeg", {"content": _jpeg()[: len(_jpeg()) // 2],
-                        "headers": {"Content-Type": "image/jpeg"}}, 400, "invalid_image"),
-    ("png-corrupt-ihdr-crc", {"content": corrupt_png_crc(_png()),
-                              "headers": {"Content-Type": "image/png"}}, 400, "invalid_image"),
-    ("png-corrupt-idat", {"content": _png_corrupt_idat(),
-                          "headers": {"Content-Type": "image/png"}}, 400, "invalid_image"),
-    ("png-bomb-50000", {"content": png_declaring(50_000, 50_000),
-                        "headers": {"Content-Type": "image/png"}}, 413, "payload_too_large"),
-    ("jpeg-bomb-65500", {"content": jpeg_declaring(65_500, 65_500),
-                         "headers": {"Content-Type": "image/jpeg"}}, 413, "payload_too_large"),
-    ("png-bomb-in-multipart", {"content": _bomb_body, "headers": {"Content-Type": _bomb_type}},
-     413, "payload_too_large"),
-    ("body-over-limit", {"content": b"\0" * (BODY_LIMIT + 1),
-                         "headers": {"Content-Type": "image/png"}}, 413, "payload_too_large"),
-    ("chunked-body-over-limit", {"content": _chunks(4 * BODY_LIMIT),
-                                 "headers": {"Content-Type": "image/png"}},
-     413, "payload_too_large"),
-    ("text-plain", {"content": _png(), "headers": {"Content-Type": "text/plain"}},
-     415, "unsupported_media_type"),
-    ("json-body", {"content": b'{"image": "x"}', "headers": {"Content-Type": "application/json"}},
-     415, "unsupported_media_type"),
-    ("garbage-content-type", {"content": _png(), "headers": {"Content-Type": ";;==;x"}},
-     415, "unsupported_media_type"),
-    ("svg", {"content": b'<svg xmlns="http://www.w3.org/2000/svg"><script>1</script></svg>',
-             "headers": {"Content-Type": "image/svg+xml"}}, 415, "unsupported_media_type"),
-    ("multipart-without-image", {"content": _no_image_body,
-                                 "headers": {"Content-Type": _no_image_type}},
-     400, "invalid_image"),
-    ("multipart-bad-boundary", {"content": b"--nope\r\n\r\n",
-                                "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
-     400, "invalid_image"),
-    ("unknown-model", {"content": _png(), "params": {"model": "nope"},
-                       "headers": {"Content-Type": "image/png"}}, 404, "model_not_found"),
-    ("unknown-version", {"content": _png(), "params": {"version": "99"},
-                         "headers": {"Content-Type": "image/png"}}, 404, "model_not_found"),
-    ("version-not-a-number", {"content": _png(), "params": {"version": "latest!"},
-                              "headers": {"Content-Type": "image/png"}},
-     422, "invalid_parameter"),
-    ("version-zero", {"content": _png(), "params": {"version": "0"},
-                      "headers": {"Content-Type": "image/png"}}, 422, "invalid_parameter"),
-    ("unknown-format", {"content": _png(), "params": {"format": "jpeg"},
-                        "headers": {"Content-Type": "image/png"}}, 422, "invalid_parameter"),
-    ("alpha-above-1", {"content": _png(), "params": {"format": "overlay", "alpha": "2"},
-                       "headers": {"Content-Type": "image/png"}}, 422, "invalid_parameter"),
-    ("alpha-nan", {"content": _png(), "params": {"format": "overlay", "alpha": "nan"},
-                   "headers": {"Content-Type": "image/png"}}, 422, "invalid_parameter"),
-    ("alpha-not-a-number", {"content": _png(), "params": {"alpha": "half"},
-                            "headers": {"Content-Type": "image/png"}}, 422, "invalid_parameter"),
-    ("long-model-name", {"content": _png(), "params": {"model": "m" * 8000},
-                         "headers": {"Content-Type": "image/png"}}, 404, "model_not_found"),
-    ("long-format", {"content": _png(), "params": {"format": "f" * 8000},
-                     "headers": {"Content-Type": "image/png"}}, 422, "invalid_parameter"),
+    (
+        "random-bytes",
+        {"content": os.urandom(4096), "headers": {"Content-Type": "application/octet-stream"}},
+        400,
+        "invalid_image",
+    ),
+    (
+        "random-bytes-as-jpeg",
+        {"content": os.urandom(4096), "headers": {"Content-Type": "image/jpeg"}},
+        400,
+        "invalid_image",
+    ),
+    (
+        "truncated-jpeg",
+        {"content": _jpeg()[: len(_jpeg()) // 2], "headers": {"Content-Type": "image/jpeg"}},
+        400,
+        "invalid_image",
+    ),
+    (
+        "png-corrupt-ihdr-crc",
+        {"content": corrupt_png_crc(_png()), "headers": {"Content-Type": "image/png"}},
+        400,
+        "invalid_image",
+    ),
+    (
+        "png-corrupt-idat",
+        {"content": _png_corrupt_idat(), "headers": {"Content-Type": "image/png"}},
+        400,
+        "invalid_image",
+    ),
+    (
+        "png-bomb-50000",
+        {"content": png_declaring(50_000, 50_000), "headers": {"Content-Type": "image/png"}},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "jpeg-bomb-65500",
+        {"content": jpeg_declaring(65_500, 65_500), "headers": {"Content-Type": "image/jpeg"}},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "png-bomb-in-multipart",
+        {"content": _bomb_body, "headers": {"Content-Type": _bomb_type}},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "body-over-limit",
+        {"content": b"\0" * (BODY_LIMIT + 1), "headers": {"Content-Type": "image/png"}},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "chunked-body-over-limit",
+        {"content": _chunks(4 * BODY_LIMIT), "headers": {"Content-Type": "image/png"}},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "text-plain",
+        {"content": _png(), "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "json-body",
+        {"content": b'{"image": "x"}', "headers": {"Content-Type": "application/json"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "garbage-content-type",
+        {"content": _png(), "headers": {"Content-Type": ";;==;x"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "svg",
+        {
+            "content": b'<svg xmlns="http://www.w3.org/2000/svg"><script>1</script></svg>',
+            "headers": {"Content-Type": "image/svg+xml"},
+        },
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "multipart-without-image",
+        {"content": _no_image_body, "headers": {"Content-Type": _no_image_type}},
+        400,
+        "invalid_image",
+    ),
+    (
+        "multipart-bad-boundary",
+        {
+            "content": b"--nope\r\n\r\n",
+            "headers": {"Content-Type": "multipart/form-data; boundary=x"},
+        },
+        400,
+        "invalid_image",
+    ),
+    (
+        "unknown-model",
+        {"content": _png(), "params": {"model": "nope"}, "headers": {"Content-Type": "image/png"}},
+        404,
+        "model_not_found",
+    ),
+    (
+        "unknown-version",
+        {"content": _png(), "params": {"version": "99"}, "headers": {"Content-Type": "image/png"}},
+        404,
+        "model_not_found",
+    ),
+    (
+        "version-not-a-number",
+        {
+            "content": _png(),
+            "params": {"version": "latest!"},
+            "headers": {"Content-Type": "image/png"},
+        },
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "version-zero",
+        {"content": _png(), "params": {"version": "0"}, "headers": {"Content-Type": "image/png"}},
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "unknown-format",
+        {"content": _png(), "params": {"format": "jpeg"}, "headers": {"Content-Type": "image/png"}},
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "alpha-above-1",
+        {
+            "content": _png(),
+            "params": {"format": "overlay", "alpha": "2"},
+            "headers": {"Content-Type": "image/png"},
+        },
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "alpha-nan",
+        {
+            "content": _png(),
+            "params": {"format": "overlay", "alpha": "nan"},
+            "headers": {"Content-Type": "image/png"},
+        },
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "alpha-not-a-number",
+        {"content": _png(), "params": {"alpha": "half"}, "headers": {"Content-Type": "image/png"}},
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "long-model-name",
+        {
+            "content": _png(),
+            "params": {"model": "m" * 8000},
+            "headers": {"Content-Type": "image/png"},
+        },
+        404,
+        "model_not_found",
+    ),
+    (
+        "long-format",
+        {
+            "content": _png(),
+            "params": {"format": "f" * 8000},
+            "headers": {"Content-Type": "image/png"},
+        },
+        422,
+        "invalid_parameter",
+    ),
 ]
 
 
@@ -180,8 +311,9 @@ def assert_no_leak(response: httpx.Response) -> None:
         assert leak not in text, f"the answer leaks {leak!r}: {text[:500]}"
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code"),
-                         [pytest.param(k, s, c, id=i) for i, k, s, c in CASES])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"), [pytest.param(k, s, c, id=i) for i, k, s, c in CASES]
+)
 def test_hostile_request_gets_its_problem_quickly(
     baseline: Baseline, kwargs: dict, status: int, code: str, request: pytest.FixtureRequest
 ) -> None:
@@ -202,9 +334,15 @@ def test_missing_content_type_is_sniffed(baseline: Baseline) -> None:
 def test_harmless_oversized_query_and_headers_are_ignored(baseline: Baseline) -> None:
     """An unknown 8 KB parameter and a 64 KB header reach the app and change nothing."""
     response = baseline.client.post(
-        "/segment", content=baseline.image, params={"junk": "j" * 8000},
-        headers={"Content-Type": "image/png", "X-Junk": "h" * 65_536,
-                 "Accept": ";;;q=nonsense,,", "X-Request-ID": "r" * 10_000},
+        "/segment",
+        content=baseline.image,
+        params={"junk": "j" * 8000},
+        headers={
+            "Content-Type": "image/png",
+            "X-Junk": "h" * 65_536,
+            "Accept": ";;;q=nonsense,,",
+            "X-Request-ID": "r" * 10_000,
+        },
     )
     assert response.status_code == 200
     assert response.content == baseline.answer
@@ -218,8 +356,10 @@ def test_request_line_and_headers_beyond_the_parser_are_refused_without_harm(
     """Past what the HTTP parser takes, the server answers 4xx (before the app: plain text) or
     closes the connection; either way it stays up and small."""
     host, port = baseline.server.base_url.removeprefix("http://").split(":")
-    for request_line in (f"GET /healthz?q={'a' * 200_000} HTTP/1.1",
-                         f"GET /healthz HTTP/1.1\r\nX-Big: {'b' * 4_000_000}"):
+    for request_line in (
+        f"GET /healthz?q={'a' * 200_000} HTTP/1.1",
+        f"GET /healthz HTTP/1.1\r\nX-Big: {'b' * 4_000_000}",
+    ):
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             try:
                 sock.sendall(f"{request_line}\r\nHost: x\r\n\r\n".encode())
@@ -233,9 +373,14 @@ def test_request_line_and_headers_beyond_the_parser_are_refused_without_harm(
 
 def test_routing_errors_are_problems_without_internals(baseline: Baseline) -> None:
     client = baseline.client
-    for response in (client.get("/nope"), client.get("/segment"), client.delete("/models"),
-                     client.get("/models/nope"), client.get("/../../etc/passwd"),
-                     client.post("/healthz")):
+    for response in (
+        client.get("/nope"),
+        client.get("/segment"),
+        client.delete("/models"),
+        client.get("/models/nope"),
+        client.get("/../../etc/passwd"),
+        client.post("/healthz"),
+    ):
         assert 400 <= response.status_code < 500
         assert response.headers["content-type"] == "application/problem+json"
         assert_no_leak(response)

@@ -85,21 +85,31 @@ async def _scenario(config: Config, requests: list[Request]) -> tuple[Log, list[
             raise RuntimeError("poisoned batch")
         return batch[:, -1, -1] + 0.0  # a new array: each row's own id
 
-    batcher = Batcher(run_batch, max_batch_size=config.max_batch_size,
-                      max_delay_s=config.max_delay_ms / 1000, max_queue=config.max_queue,
-                      concurrency=config.concurrency, name="property")
+    batcher = Batcher(
+        run_batch,
+        max_batch_size=config.max_batch_size,
+        max_delay_s=config.max_delay_ms / 1000,
+        max_queue=config.max_queue,
+        concurrency=config.concurrency,
+        name="property",
+    )
     await batcher.start()
     outcomes: list[Outcome] = []
     tasks: list[asyncio.Task[None]] = []
 
     async def client(request_id: int, request: Request) -> None:
-        outcome = Outcome(request_id, batcher.depth, time.monotonic(),
-                          time.monotonic() + request.deadline_ms / 1000)
+        outcome = Outcome(
+            request_id,
+            batcher.depth,
+            time.monotonic(),
+            time.monotonic() + request.deadline_ms / 1000,
+        )
         outcomes.append(outcome)
         try:
             # submit() checks the queue before its first await, so depth_at_submit is exact.
-            done: Completed = await batcher.submit(_item(request_id, request.poison),
-                                                   deadline=outcome.deadline)
+            done: Completed = await batcher.submit(
+                _item(request_id, request.poison), deadline=outcome.deadline
+            )
             outcome.kind, outcome.value = "completed", done.value
             outcome.batch_size = done.batch_size
         except Overloaded:

@@ -48,15 +48,17 @@ def _server(tmp_path_factory: pytest.TempPathFactory, **env: str) -> Iterator[Se
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """API keys and one CORS origin; public paths left at their default."""
-    yield from _server(tmp_path_factory, SEGSERVE_API_KEYS=",".join(KEYS),
-                       SEGSERVE_CORS_ORIGINS=ORIGIN)
+    yield from _server(
+        tmp_path_factory, SEGSERVE_API_KEYS=",".join(KEYS), SEGSERVE_CORS_ORIGINS=ORIGIN
+    )
 
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """API keys, only the probes public (the test harness polls /readyz), CORS left off."""
-    yield from _server(tmp_path_factory, SEGSERVE_API_KEYS=KEYS[0],
-                       SEGSERVE_AUTH_PUBLIC_PATHS="/healthz,/readyz")
+    yield from _server(
+        tmp_path_factory, SEGSERVE_API_KEYS=KEYS[0], SEGSERVE_AUTH_PUBLIC_PATHS="/healthz,/readyz"
+    )
 
 
 def segment(client: httpx.Client, **headers: str) -> httpx.Response:
@@ -76,13 +78,20 @@ def assert_unauthorized(response: httpx.Response, error: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("authorization", "error"),
-    [(None, None), ("Bearer wrong-key", "invalid_token"), (f"Bearer {KEYS[0]}x", "invalid_token"),
-     (f"Bearer {KEYS[0][:-1]}", "invalid_token"), (f"Basic {KEYS[0]}", None), ("Bearer", None),
-     (KEYS[0], None)],
+    [
+        (None, None),
+        ("Bearer wrong-key", "invalid_token"),
+        (f"Bearer {KEYS[0]}x", "invalid_token"),
+        (f"Bearer {KEYS[0][:-1]}", "invalid_token"),
+        (f"Basic {KEYS[0]}", None),
+        ("Bearer", None),
+        (KEYS[0], None),
+    ],
     ids=["missing", "wrong", "longer", "prefix", "basic-scheme", "empty-token", "no-scheme"],
 )
-def test_segment_needs_a_valid_key(keyed: Server, authorization: str | None,
-                                   error: str | None) -> None:
+def test_segment_needs_a_valid_key(
+    keyed: Server, authorization: str | None, error: str | None
+) -> None:
     with keyed.client() as client:
         headers = {} if authorization is None else {"Authorization": authorization}
         assert_unauthorized(segment(client, **headers), error)
@@ -90,8 +99,11 @@ def test_segment_needs_a_valid_key(keyed: Server, authorization: str | None,
 
 def test_every_configured_key_works_with_any_scheme_case(keyed: Server) -> None:
     with keyed.client() as client:
-        answers = {segment(client, Authorization=f"{scheme} {key}").content
-                   for key in KEYS for scheme in ("Bearer", "bearer", "BEARER")}
+        answers = {
+            segment(client, Authorization=f"{scheme} {key}").content
+            for key in KEYS
+            for scheme in ("Bearer", "bearer", "BEARER")
+        }
         assert len(answers) == 1
         assert segment(client, Authorization=f"Bearer {KEYS[1]}").status_code == 200
 
@@ -116,9 +128,14 @@ def test_public_paths_are_a_setting(locked: Server) -> None:
 
 def test_cors_preflight_and_answers_for_an_allowed_origin(keyed: Server) -> None:
     with keyed.client() as client:
-        preflight = client.options("/segment", headers={
-            "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"})
+        preflight = client.options(
+            "/segment",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
         assert preflight.status_code == 200  # no key needed: browsers never send one here
         assert preflight.headers["access-control-allow-origin"] == ORIGIN
         allowed = preflight.headers["access-control-allow-headers"].lower()
@@ -138,12 +155,13 @@ def test_cors_preflight_and_answers_for_an_allowed_origin(keyed: Server) -> None
 
 def test_cors_refuses_other_origins(keyed: Server) -> None:
     with keyed.client() as client:
-        preflight = client.options("/segment", headers={
-            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        preflight = client.options(
+            "/segment",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
         assert preflight.status_code == 400
         assert "access-control-allow-origin" not in preflight.headers
-        answer = segment(client, Origin="https://evil.example",
-                         Authorization=f"Bearer {KEYS[0]}")
+        answer = segment(client, Origin="https://evil.example", Authorization=f"Bearer {KEYS[0]}")
         assert "access-control-allow-origin" not in answer.headers
 
 
@@ -164,7 +182,7 @@ def test_every_answer_has_a_request_id(locked: Server, path: str) -> None:
         assert echoed.headers["x-request-id"] == "trace-42.a:b"
 
 
-@pytest.mark.parametrize("supplied", ["has space", "a" * 129, "semi;colon", "quote\"d", "é"])
+@pytest.mark.parametrize("supplied", ["has space", "a" * 129, "semi;colon", 'quote"d', "é"])
 def test_unsafe_request_ids_are_replaced(locked: Server, supplied: str) -> None:
     with locked.client() as client:
         answer = client.get("/healthz", headers={"X-Request-ID": supplied.encode("utf-8")})

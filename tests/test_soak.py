@@ -16,9 +16,31 @@ def test_soak_measures_the_maximum_then_holds_a_fraction_of_it(tmp_path: Path) -
     model = write_tiny_model(tmp_path / "models")
     out, plot = tmp_path / "soak.json", tmp_path / "soak.png"
     # Thresholds opened wide: this checks the machinery, not a 3-second latency trend.
-    main(["--model", str(model), "--duration", "3", "--segment", "1", "--probe", "1",
-          "--probe-concurrency", "4", "--rss-interval", "0.25", "--p99-ratio", "1000",
-          "--rss-growth", "1", "--json", str(out), "--plot", str(plot), "--no-progress"])
+    main(
+        [
+            "--model",
+            str(model),
+            "--duration",
+            "3",
+            "--segment",
+            "1",
+            "--probe",
+            "1",
+            "--probe-concurrency",
+            "4",
+            "--rss-interval",
+            "0.25",
+            "--p99-ratio",
+            "1000",
+            "--rss-growth",
+            "1",
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+            "--no-progress",
+        ]
+    )
 
     report = json.loads(out.read_text())
     assert report["passed"] is True
