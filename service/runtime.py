@@ -136,10 +136,14 @@ def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) 
     if inputs[0].type != _ORT_DTYPES[card.input.dtype]:
         raise ModelLoadError(f"{path}: input type {inputs[0].type} but the card says "
                              f"{card.input.dtype}")
+    out_shape = outputs[0].shape
     rank = 4 if card.output.kind == "logits" else 3
-    if len(outputs[0].shape) != rank:
+    if len(out_shape) != rank:
         raise ModelLoadError(f"{path}: output '{outputs[0].name}' has rank "
-                             f"{len(outputs[0].shape)}, a '{card.output.kind}' output has {rank}")
+                             f"{len(out_shape)}, a '{card.output.kind}' output has {rank}")
+    if rank == 4 and isinstance(out_shape[1], int) and out_shape[1] != card.num_classes:
+        raise ModelLoadError(f"{path}: the model scores {out_shape[1]} classes, "
+                             f"the card lists {card.num_classes}")
 
 
 class Runner:

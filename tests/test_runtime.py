@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from service.errors import ModelLoadError
-from service.model_card import METADATA_KEY
+from service.model_card import METADATA_KEY, ClassInfo
 from service.repository import ModelVersion
 from service.runtime import (
     CPU,
@@ -178,5 +178,9 @@ def test_a_card_that_does_not_match_the_tensors_is_refused(model_path: Path) -> 
         check_signature(session, tiny_card(size=16), model_path)
     with pytest.raises(ModelLoadError, match="a 'labels' output has 3"):
         check_signature(session, tiny_card(size=8, output="labels"), model_path)
+    four_classes = tiny_card(size=8).model_copy(update={"classes": [
+        *tiny_card().classes, ClassInfo(id=3, label="blue", color=(0, 0, 128))]})
+    with pytest.raises(ModelLoadError, match="scores 3 classes, the card lists 4"):
+        check_signature(session, four_classes, model_path)
     check_signature(session, tiny_card(size=8), model_path)
     assert Runner(session, tiny_card(size=8)).provider == CPU
