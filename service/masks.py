@@ -33,8 +33,10 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     width, height = size
     if labels.shape == (height, width):
         return labels
-    return labels.take(_nearest(labels.shape[0], height), axis=0).take(
-        _nearest(labels.shape[1], width), axis=1
+    # Columns first, on the small map; then whole rows, which NumPy copies as contiguous blocks
+    # (4000x3000 from 192x192: 0.8 ms, against 6.3 ms rows-first; docs/PERFORMANCE.md).
+    return labels.take(_nearest(labels.shape[1], width), axis=1).take(
+        _nearest(labels.shape[0], height), axis=0
     )
 
 
