@@ -66,6 +66,7 @@ async def segment(
         # Labelled only once resolved: a client's made-up names never become metric labels.
         record.model, record.version = served.ref.name, str(served.ref.version)
         content_type = media_type(request.headers)
+        served.batcher.check_capacity()  # a full queue refuses before the upload is decoded
         body = await read_body(request, service.settings.max_body_bytes)
         data = await image_part(request.headers, body) if content_type == MULTIPART else body
         return await _segment(request, service, served, data, fmt, alpha)

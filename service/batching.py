@@ -8,6 +8,7 @@ Public API (everything else is private)::
     done = await batcher.submit(x, deadline=time.monotonic() + 30.0)  # -> Completed
     done.value, done.queued_s, done.run_s, done.batch_size
     batcher.depth          # items waiting in the queue (not yet in a batch)
+    batcher.check_capacity()  # raises Overloaded now if submit would (refuse before decoding)
     await batcher.stop()   # refuse new items, finish every queued one, wait for running batches
 
 ``run_batch(batch) -> outputs`` is an async callable; ``batch`` is a view of a preallocated
@@ -115,8 +116,7 @@ class Batcher:
         if self._stopping or self._loop_task is None:
             raise NotReady(f"model {self.name} is not accepting requests (stopped or not started)")
         self._check_layout(x)
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(f"model {self.name} has {self.depth} requests queued; retry later")
+        self.check_capacity()
         loop = asyncio.get_running_loop()
         item = _Item(x, deadline, time.monotonic(), loop.create_future())
         item.expiry = loop.call_at(_to_loop_time(loop, deadline), self._expire, item)
@@ -127,6 +127,11 @@ class Batcher:
         except asyncio.CancelledError:
             self._discard(item)
             raise
+
+    def check_capacity(self) -> None:
+        """Raise Overloaded when the queue is full: lets a caller refuse before costly work."""
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"model {self.name} has {self.depth} requests queued; retry later")
 
     def _check_layout(self, x: np.ndarray) -> None:
         layout = (x.shape, x.dtype)

@@ -154,12 +154,15 @@ def test_a_full_queue_refuses_with_overloaded_and_recovers() -> None:
                   for i in (1, 2, 3)]
         await settle()
         assert batcher.depth == 3
+        with pytest.raises(Overloaded):
+            batcher.check_capacity()
         with pytest.raises(Overloaded) as refused:
             await batcher.submit(item(4), deadline=later())
         assert refused.value.headers["Retry-After"]
         recorder.release.set()
         answers = await asyncio.gather(running, *queued)
         assert [int(a.value[0]) for a in answers] == [1000, 1001, 1002, 1003]
+        batcher.check_capacity()  # room again
         assert int((await batcher.submit(item(5), deadline=later())).value[0]) == 1005
         await batcher.stop()
 
