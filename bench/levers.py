@@ -12,8 +12,11 @@ The server-level levers (batching, thread split, batch delay) need HTTP: see doc
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import onnx
 import onnxruntime as ort
 import orjson
 from onnx import TensorProto, helper
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bench.images import sample_jpeg
 from bench.procstat import load_average
@@ -88,6 +91,40 @@ def _run(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
 
+def shapes_mask(width: int, height: int, classes: int) -> np.ndarray:
+    """A mask like the bundled model's answers: background and a few filled shapes."""
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    w, h = width / 192, height / 192
+    draw.ellipse((20 * w, 30 * h, 90 * w, 100 * h), fill=1 % classes)
+    draw.rectangle((100 * w, 20 * h, 170 * w, 80 * h), fill=2 % classes)
+    draw.polygon([(40 * w, 180 * h), (90 * w, 110 * h), (140 * w, 180 * h)], fill=3 % classes)
+    draw.ellipse((120 * w, 120 * h, 180 * w, 170 * h), fill=4 % classes)
+    return np.asarray(image)
+
+
+def png_up_filter(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
+    """A candidate mask encoder: every row PNG-filtered 'Up' (the difference to the row above),
+    so the many repeated rows of an upscaled mask become zero runs that Z_RLE swallows."""
+    height, width = labels.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 2  # filter type Up; the first row's "row above" is zeros
+    rows[0, 0], rows[0, 1:] = 0, labels[0]
+    np.subtract(labels[1:], labels[:-1], out=rows[1:, 1:])
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    idat = deflate.compress(rows.tobytes()) + deflate.flush()
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(palette)] = palette
+
+    def chunk(tag: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(tag + payload)
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", table.tobytes())
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
 def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int) -> list[Lever]:
     proto = onnx.load(path)
     levers = []
@@ -140,29 +177,52 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((card.num_classes, spec.height, spec.width)).astype(np.float32)
     labels = logits.argmax(axis=0).astype(np.uint8)
-    size = (640, 480)
+    small_size, large_size = (640, 480), (4000, 3000)
 
     def upsample_logits() -> np.ndarray:
-        planes = [np.asarray(Image.fromarray(c).resize(size, Image.Resampling.BILINEAR))
+        planes = [np.asarray(Image.fromarray(c).resize(small_size, Image.Resampling.BILINEAR))
                   for c in logits]
         return np.stack(planes).argmax(axis=0).astype(np.uint8)
 
     before, _ = best_ms(upsample_logits, repeat)
-    after, _ = best_ms(lambda: masks.resize_labels(labels, size), repeat)
+    after, _ = best_ms(lambda: masks.resize_labels(labels, small_size), repeat)
     levers.append(Lever("mask to 640x480", "bilinear logits then argmax",
                         "nearest on uint8 labels", before, after))
+    before, _ = best_ms(lambda: Image.fromarray(labels).resize(
+        large_size, Image.Resampling.NEAREST), repeat)
+    after, _ = best_ms(lambda: masks.resize_labels(labels, large_size), repeat)
+    rows_first, _ = best_ms(lambda: labels.take(masks._nearest(spec.height, 3000), axis=0).take(
+        masks._nearest(spec.width, 4000), axis=1), repeat)
+    levers.append(Lever("labels to 4000x3000", "NumPy take, rows first",
+                        "NumPy take, columns first", rows_first, after, "commit 097e789"))
+    levers.append(Lever("labels to 4000x3000", "Pillow NEAREST", "NumPy take, integer centres",
+                        before, after))
 
-    # A real-looking mask (blobs, not noise) for the encoders: the labels upsampled.
-    mask = masks.resize_labels(labels[::8, ::8].repeat(8, 0).repeat(8, 1), size)
+    # What a segmentation model answers: a few large regions at the model's resolution.
+    shapes = shapes_mask(spec.width, spec.height, card.num_classes)
     palette = card.palette()
-    for level in (6, 9):
-        slow, _ = best_ms(lambda lv=level: masks.encode_png(mask, palette, compress_level=lv),
-                          repeat)
-        fast, _ = best_ms(lambda: masks.encode_png(mask, palette, compress_level=1), repeat)
-        kb = (len(masks.encode_png(mask, palette, compress_level=level)) / 1024,
-              len(masks.encode_png(mask, palette, compress_level=1)) / 1024)
-        levers.append(Lever("palette PNG 640x480", f"zlib level {level}", "zlib level 1",
-                            slow, fast, f"{kb[0]:.1f} KiB -> {kb[1]:.1f} KiB"))
+    for size in (small_size, large_size):
+        mask = masks.resize_labels(shapes, size)
+        image = Image.fromarray(mask, "P")
+        image.putpalette([c for rgb in palette for c in rgb])
+        for name, kwargs in (("Pillow default (zlib 6)", {}),
+                             ("zlib 1, default strategy", {"compress_level": 1})):
+            before, _ = best_ms(lambda im=image, kw=kwargs: im.save(io.BytesIO(), "PNG", **kw),
+                                repeat)
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG", **kwargs)
+            ours = masks.encode_png(mask, palette)
+            after, _ = best_ms(lambda m=mask: masks.encode_png(m, palette), repeat)
+            levers.append(Lever(f"palette PNG {size[0]}x{size[1]}", name, "zlib 1 + Z_RLE",
+                                before, after, f"{len(buffer.getvalue()) / 1024:.1f} KiB -> "
+                                           f"{len(ours) / 1024:.1f} KiB"))
+        candidate = png_up_filter(mask, palette)
+        ours = masks.encode_png(mask, palette)
+        before, _ = best_ms(lambda m=mask: masks.encode_png(m, palette), repeat)
+        after, _ = best_ms(lambda m=mask: png_up_filter(m, palette), repeat)
+        levers.append(Lever(f"palette PNG {size[0]}x{size[1]} (candidate)", "zlib 1 + Z_RLE",
+                            "PNG 'Up' row filter + Z_RLE (not adopted)", before, after,
+                            f"{len(ours) / 1024:.1f} KiB -> {len(candidate) / 1024:.1f} KiB"))
 
     doc = {"model": card.name, "masks": masks.encode_rle(mask, card.classes)}
     before, _ = best_ms(lambda: json.dumps(doc).encode(), repeat)
