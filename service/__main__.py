@@ -34,6 +34,7 @@ class DrainingServer(uvicorn.Server):
         self.service = service
         self.drain_delay_s = drain_delay_s
         self.stop_at: float | None = None
+        self.drain_announced = False
         self.exit_code = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -48,9 +49,14 @@ class DrainingServer(uvicorn.Server):
         self.stop_at = time.monotonic() + delay
 
     async def on_tick(self, counter: int) -> bool:
+        """Every 0.1 s on the event loop (the signal handler only records the signal)."""
         if self.service.failure is not None:
             self.exit_code = 1
             self.should_exit = True
+        if self.stop_at is not None and not self.drain_announced:
+            self.drain_announced = True
+            log.info("draining: /readyz answers 503; stopping in %.1f s, then finishing "
+                     "in-flight requests", max(0.0, self.stop_at - time.monotonic()))
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
             self.should_exit = True
         return await super().on_tick(counter)

@@ -81,8 +81,7 @@ class Service:
         return await loop.run_in_executor(self.workers, lambda: context.run(fn, *args, **kwargs))
 
     def begin_drain(self) -> None:
-        if not self.draining:
-            log.info("draining: /readyz now answers 503; finishing in-flight requests")
+        """Turn /readyz 503. Only sets a flag: it is called from a signal handler."""
         self.draining = True
 
     async def load(self) -> None:
