@@ -91,6 +91,7 @@ async def image_part(headers: Headers, body: bytes) -> bytes:
 
     parser = MultiPartParser(headers, replay(), max_files=4, max_fields=16,
                              max_part_size=len(body) + 1)
+    parser.spool_max_size = len(body) + 1  # the body is in memory already: no temporary file
     try:
         form = await parser.parse()
     except MultiPartException as exc:

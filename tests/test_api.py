@@ -17,8 +17,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 
+from service import imaging
 from tests.conftest import SERVER_LIMITS
-from tests.support import Server, expected_labels, running_server
+from tests.support import Server, expected_labels, running_server, tiny_card
 
 PNG, JSON, PROBLEM = "image/png", "application/json", "application/problem+json"
 SIZES = {("tiny", 1): 32, ("tiny", 2): 24, ("tiny-b", 1): 16}  # model input side, see conftest
@@ -56,10 +57,11 @@ def encoded(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
 
 
 def expected_mask(image: Image.Image, side: int) -> np.ndarray:
-    """What the service must answer: the model's labels at its input size (bilinear stretch),
-    resized back by nearest neighbour: output pixel i takes input pixel floor((i + 0.5) n / N)."""
-    small = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
-    labels = expected_labels(np.asarray(small))
+    """What the service must answer: the tiny model's labels for the input ``imaging.prepare``
+    makes (its resize is imaging's to choose and test), resized back by nearest neighbour:
+    output pixel i takes input pixel floor((i + 0.5) n / N)."""
+    x = imaging.prepare(image.convert("RGB"), tiny_card(size=side).input)  # p / 255, CHW
+    labels = expected_labels(np.rint(x * 255).astype(np.uint8).transpose(1, 2, 0))
     width, height = image.size
     rows = (2 * np.arange(height) + 1) * side // (2 * height)
     cols = (2 * np.arange(width) + 1) * side // (2 * width)
@@ -113,6 +115,16 @@ def test_png_palette_is_the_class_colours(client: httpx.Client) -> None:
     assert palette is not None
     assert [tuple(palette[3 * i: 3 * i + 3]) for i in range(3)] == [(0, 0, 0), (128, 0, 0),
                                                                     (0, 128, 0)]
+
+
+def test_multipart_upload_over_a_megabyte(client: httpx.Client) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    data = encoded(Image.fromarray(noise))
+    assert 1 << 20 < len(data) < int(SERVER_LIMITS["SEGSERVE_MAX_BODY_BYTES"])
+    response = client.post("/segment", files={"image": ("noise.png", data, PNG)})
+    assert response.status_code == 200
+    np.testing.assert_array_equal(png_labels(response),
+                                  expected_mask(Image.fromarray(noise), DEFAULT_SIDE))
 
 
 @pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream", "image/webp"])
