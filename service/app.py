@@ -111,6 +111,7 @@ class Service:
             max_queue=self.settings.max_queue,
             concurrency=pool.size,
             name=ref.key,
+            wait_for_announced=self.settings.batch_eager,
         )
         await batcher.start()
         metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set_function(lambda: batcher.depth)

@@ -3,8 +3,10 @@
 Public API (everything else is private)::
 
     batcher = Batcher(run_batch, max_batch_size=8, max_delay_s=0.005, max_queue=256,
-                      concurrency=1, name="shapes-fcn:1")
+                      concurrency=1, name="shapes-fcn:1", wait_for_announced=False)
     await batcher.start()
+    with batcher.announce():  # optional: an item is being prepared (decoded) for submit
+        x = ...
     done = await batcher.submit(x, deadline=time.monotonic() + 30.0)  # -> Completed
     done.value, done.queued_s, done.run_s, done.batch_size
     batcher.depth          # items waiting in the queue (not yet in a batch)
@@ -26,8 +28,10 @@ Every item submitted gets exactly one outcome:
 
 A batch is started as soon as ``max_batch_size`` items are queued, or ``max_delay_s`` after its
 first item *arrived* (an item that already waited for a busy session is not held back further).
-Up to ``concurrency`` batches run at once (one per ONNX Runtime session); while all are busy
-items keep queueing, so batches grow with load.
+With ``wait_for_announced=True`` it also starts as soon as no announced item is still being
+prepared: the delay is only spent when more items are actually on their way, so a lone request
+is not held back at all. Up to ``concurrency`` batches run at once (one per ONNX Runtime
+session); while all are busy items keep queueing, so batches grow with load.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +82,7 @@ class Batcher:
         max_queue: int,
         concurrency: int = 1,
         name: str = "batcher",
+        wait_for_announced: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size, max_queue, concurrency >= 1 and max_delay_s >= 0")
@@ -94,10 +99,27 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._wait_for_announced = wait_for_announced
+        self._announced = 0  # items being prepared for submit (see announce)
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @contextlib.contextmanager
+    def announce(self) -> Iterator[None]:
+        """Mark an item as on its way while the caller prepares it; submit right after the block.
+
+        Only counts what is announced; with ``wait_for_announced`` a batch waits for these (up to
+        ``max_delay_s``) and for nothing else."""
+        self._announced += 1
+        try:
+            yield
+        except BaseException:
+            self._arrival.set()  # it will not come: let a waiting batch re-decide
+            raise
+        finally:
+            self._announced -= 1
 
     async def start(self) -> None:
         if self._loop_task is None:
@@ -202,6 +224,8 @@ class Batcher:
             if self._queue:
                 if len(self._queue) >= self.max_batch_size:
                     return
+                if self._wait_for_announced and self._announced == 0:
+                    return  # nothing else is on its way: waiting would only add latency
                 wait_s = self._queue[0].arrived + self.max_delay_s - time.monotonic()
                 if wait_s <= 0:
                     return

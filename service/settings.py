@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Dynamic batching and admission
     max_batch_size: int = Field(8, ge=1)
     max_batch_delay_ms: float = Field(5.0, ge=0)
+    # Start a batch at once when no other request for the model is being decoded (a lone
+    # request never waits out the delay); false: always wait up to max_batch_delay_ms.
+    batch_eager: bool = True
     max_queue: int = Field(256, ge=1)
     request_timeout_ms: float = Field(30_000, gt=0)
 

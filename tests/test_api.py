@@ -405,7 +405,7 @@ def test_full_queue_is_503_and_a_late_request_504(tiny_repo: Path, tmp_path: Pat
     (503 + Retry-After), and the queued ones pass their 150 ms deadline before inference (504)."""
     env = {"SEGSERVE_MODEL_REPOSITORY": str(tiny_repo), "SEGSERVE_MAX_QUEUE": "2",
            "SEGSERVE_MAX_BATCH_SIZE": "64", "SEGSERVE_MAX_BATCH_DELAY_MS": "1000",
-           "SEGSERVE_REQUEST_TIMEOUT_MS": "150"}
+           "SEGSERVE_BATCH_EAGER": "false", "SEGSERVE_REQUEST_TIMEOUT_MS": "150"}
     data = encoded(scene(18))
     with running_server(env, tmp_path / "server.log") as srv, srv.client() as c, \
             ThreadPoolExecutor(6) as pool:

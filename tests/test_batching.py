@@ -254,3 +254,58 @@ def test_items_of_another_shape_are_refused() -> None:
         await batcher.stop()
 
     run(scenario)
+
+
+def test_eager_batcher_does_not_wait_when_nothing_is_announced() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        batcher = await started(recorder, max_batch_size=8, max_delay_s=5.0,
+                                wait_for_announced=True)
+        t0 = time.monotonic()
+        await batcher.submit(item(1), deadline=later())
+        assert time.monotonic() - t0 < 2.5  # not the 5 s window
+        await batcher.stop()
+
+    run(scenario)
+
+
+def test_eager_batcher_waits_for_an_announced_item_and_batches_it() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        batcher = await started(recorder, max_batch_size=8, max_delay_s=5.0,
+                                wait_for_announced=True)
+        preparing = batcher.announce()
+        preparing.__enter__()
+        first = asyncio.ensure_future(batcher.submit(item(1), deadline=later()))
+        await asyncio.sleep(0.05)
+        assert not first.done()  # held: another item is on its way
+        preparing.__exit__(None, None, None)
+        second = asyncio.ensure_future(batcher.submit(item(2), deadline=later()))
+        await asyncio.gather(first, second)
+        assert recorder.batches == [[1, 2]]
+        await batcher.stop()
+
+    run(scenario)
+
+
+def test_an_announced_item_that_fails_to_come_releases_the_batch() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        batcher = await started(recorder, max_batch_size=8, max_delay_s=5.0,
+                                wait_for_announced=True)
+        t0 = time.monotonic()
+        waiting = asyncio.ensure_future(batcher.submit(item(1), deadline=later()))
+
+        async def prepare_and_fail() -> None:
+            with batcher.announce():
+                await asyncio.sleep(0.05)
+                assert not waiting.done()  # held for the announced item ...
+                raise ValueError("undecodable")  # ... which never comes
+
+        with pytest.raises(ValueError, match="undecodable"):
+            await prepare_and_fail()
+        assert int((await waiting).value[0]) == 1001
+        assert time.monotonic() - t0 < 2.5
+        await batcher.stop()
+
+    run(scenario)

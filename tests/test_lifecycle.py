@@ -18,7 +18,8 @@ from tests.support import Server, start_server, tiny_card, tiny_model, write_tin
 from tests.test_api import encoded, expected_mask, png_labels, scene
 
 # A long batch window holds requests in the queue: "in flight" for as long as the test needs.
-HOLDING = {"SEGSERVE_MAX_BATCH_SIZE": "64", "SEGSERVE_MAX_BATCH_DELAY_MS": "1500"}
+HOLDING = {"SEGSERVE_MAX_BATCH_SIZE": "64", "SEGSERVE_MAX_BATCH_DELAY_MS": "1500",
+           "SEGSERVE_BATCH_EAGER": "false"}
 
 
 def queue_depth(server: Server) -> float:
