@@ -38,7 +38,7 @@ class Config:
 
 LEVERS = (
     Config("default"),
-    Config("batch-delay-5ms", {"SEGSERVE_MAX_BATCH_DELAY_MS": "5"}),
+    Config("batch-eager-off", {"SEGSERVE_BATCH_EAGER": "false"}),  # always wait out the delay
     Config("batch-delay-0", {"SEGSERVE_MAX_BATCH_DELAY_MS": "0"}),
     Config("no-batching", {"SEGSERVE_MAX_BATCH_SIZE": "1"}),
     Config("intra-op-1", {"SEGSERVE_INTRA_OP_THREADS": "1"}),
