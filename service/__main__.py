@@ -55,8 +55,11 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
         if self.stop_at is not None and not self.drain_announced:
             self.drain_announced = True
-            log.info("draining: /readyz answers 503; stopping in %.1f s, then finishing "
-                     "in-flight requests", max(0.0, self.stop_at - time.monotonic()))
+            log.info(
+                "draining: /readyz answers 503; stopping in %.1f s, then finishing "
+                "in-flight requests",
+                max(0.0, self.stop_at - time.monotonic()),
+            )
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
             self.should_exit = True
         return await super().on_tick(counter)

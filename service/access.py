@@ -69,11 +69,20 @@ class AccessLog:
                 _observe_segment(record, status, latency)
             log.log(
                 logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
-                "%s %s %d", scope["method"], path, status,
-                extra={"method": scope["method"], "path": path, "status": status,
-                       "latency_ms": round(latency * 1000, 2), "model": record.model or None,
-                       "version": record.version or None, "format": record.format or None,
-                       "error": record.error_code},
+                "%s %s %d",
+                scope["method"],
+                path,
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "latency_ms": round(latency * 1000, 2),
+                    "model": record.model or None,
+                    "version": record.version or None,
+                    "format": record.format or None,
+                    "error": record.error_code,
+                },
             )
 
 

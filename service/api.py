@@ -48,14 +48,22 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, neve
 )
 async def segment(
     request: Request,
-    output: Annotated[OutputFormat | None, Query(
-        alias="format", description="`png`, `rle` or `overlay`; default from `Accept` "
-        "(`application/json` -> rle, `image/png` or `*/*` -> png), else png")] = None,
+    output: Annotated[
+        OutputFormat | None,
+        Query(
+            alias="format",
+            description="`png`, `rle` or `overlay`; default from `Accept` "
+            "(`application/json` -> rle, `image/png` or `*/*` -> png), else png",
+        ),
+    ] = None,
     alpha: Annotated[float, Query(ge=0, le=1, description="overlay opacity (overlay only)")] = 0.5,
-    model: Annotated[str | None, Query(
-        description="model name as listed by GET /models; default: the default model")] = None,
-    version: Annotated[int | None, Query(
-        ge=1, description="model version; default: the latest")] = None,
+    model: Annotated[
+        str | None,
+        Query(description="model name as listed by GET /models; default: the default model"),
+    ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="model version; default: the latest")
+    ] = None,
 ) -> Response:
     service: Service = request.app.state.service
     record = access_record(request)
@@ -76,8 +84,12 @@ async def segment(
 
 
 async def _segment(
-    request: Request, service: Service, served: ServedModel, data: bytes,
-    fmt: OutputFormat, alpha: float,
+    request: Request,
+    service: Service,
+    served: ServedModel,
+    data: bytes,
+    fmt: OutputFormat,
+    alpha: float,
 ) -> Response:
     card, settings, ref = served.card, service.settings, served.ref
     t0 = time.perf_counter()
@@ -97,33 +109,46 @@ async def _segment(
     t2 = time.perf_counter()
     content = await service.run_cpu(_encode, fmt, done.value, decoded, served, alpha)
     t3 = time.perf_counter()
-    timing = (f"decode;dur={(t1 - t0) * 1000:.2f}, queue;dur={done.queued_s * 1000:.2f}, "
-              f"infer;dur={done.run_s * 1000:.2f}, encode;dur={(t3 - t2) * 1000:.2f}")
+    timing = (
+        f"decode;dur={(t1 - t0) * 1000:.2f}, queue;dur={done.queued_s * 1000:.2f}, "
+        f"infer;dur={done.run_s * 1000:.2f}, encode;dur={(t3 - t2) * 1000:.2f}"
+    )
     return Response(
         content,
         media_type="application/json" if fmt is OutputFormat.rle else "image/png",
-        headers={"X-Model": ref.name, "X-Model-Version": str(ref.version),
-                 "Server-Timing": timing},
+        headers={"X-Model": ref.name, "X-Model-Version": str(ref.version), "Server-Timing": timing},
     )
 
 
-def _decode(data: bytes, card: ModelCard, max_pixels: int,
-            min_size: tuple[int, int] | None) -> tuple[imaging.DecodedImage, np.ndarray]:
+def _decode(
+    data: bytes, card: ModelCard, max_pixels: int, min_size: tuple[int, int] | None
+) -> tuple[imaging.DecodedImage, np.ndarray]:
     decoded = imaging.decode(data, max_pixels=max_pixels, min_size=min_size)
     return decoded, imaging.prepare(decoded.image, card.input)
 
 
-def _encode(fmt: OutputFormat, labels: np.ndarray, decoded: imaging.DecodedImage,
-            served: ServedModel, alpha: float) -> bytes:
+def _encode(
+    fmt: OutputFormat,
+    labels: np.ndarray,
+    decoded: imaging.DecodedImage,
+    served: ServedModel,
+    alpha: float,
+) -> bytes:
     card = served.card
     full = masks.resize_labels(labels, decoded.size)
     if fmt is OutputFormat.png:
         return masks.encode_png(full, card.palette())
     if fmt is OutputFormat.rle:
         width, height = decoded.size
-        return orjson.dumps({"model": served.ref.name, "version": served.ref.version,
-                             "width": width, "height": height,
-                             "masks": masks.encode_rle(full, card.classes)})
+        return orjson.dumps(
+            {
+                "model": served.ref.name,
+                "version": served.ref.version,
+                "width": width,
+                "height": height,
+                "masks": masks.encode_rle(full, card.classes),
+            }
+        )
     image = decoded.image
     if image.size != decoded.size:  # decoders may hand back a reduced scale; blend at full size
         image = image.resize(decoded.size)
@@ -135,19 +160,26 @@ def _encode(fmt: OutputFormat, labels: np.ndarray, decoded: imaging.DecodedImage
 async def list_models(request: Request) -> dict[str, Any]:
     service: Service = request.app.state.service
     _require_loaded(service)
-    return {"default": service.repository.default,
-            "models": [_describe(service, name) for name in service.repository.versions]}
+    return {
+        "default": service.repository.default,
+        "models": [_describe(service, name) for name in service.repository.versions],
+    }
 
 
-@router.get("/models/{name}", summary="One served model", tags=["models"],
-            responses={404: problem_doc("`model_not_found`"), 503: problem_doc("`not_ready`")})
+@router.get(
+    "/models/{name}",
+    summary="One served model",
+    tags=["models"],
+    responses={404: problem_doc("`model_not_found`"), 503: problem_doc("`not_ready`")},
+)
 async def get_model(
     request: Request, name: Annotated[str, Path(description="model name")]
 ) -> dict[str, Any]:
     service: Service = request.app.state.service
     if name not in service.repository.versions:
-        raise ModelNotFound(f"no model named '{name}' "
-                            f"(available: {', '.join(service.repository.versions)})")
+        raise ModelNotFound(
+            f"no model named '{name}' (available: {', '.join(service.repository.versions)})"
+        )
     _require_loaded(service)
     return _describe(service, name)
 
@@ -163,28 +195,36 @@ def _describe(service: Service, name: str) -> dict[str, Any]:
     for ref in service.repository.versions[name].values():
         served = service.models[ref.key]
         card = served.card
-        versions.append({
-            "version": ref.version,
-            "description": card.description,
-            "classes": [c.model_dump() for c in card.classes],
-            "input": card.input.model_dump(include={"height", "width", "layout", "channels",
-                                                     "dtype", "resize"}),
-            "normalization": {"mean": card.input.mean, "std": card.input.std,
-                              "formula": "(pixel / 255 - mean) / std"},
-            "output": card.output.kind,
-            "provider": served.pool.provider,
-            "sessions": served.pool.size,
-            "training": card.training.model_dump() if card.training else None,
-        })
+        versions.append(
+            {
+                "version": ref.version,
+                "description": card.description,
+                "classes": [c.model_dump() for c in card.classes],
+                "input": card.input.model_dump(
+                    include={"height", "width", "layout", "channels", "dtype", "resize"}
+                ),
+                "normalization": {
+                    "mean": card.input.mean,
+                    "std": card.input.std,
+                    "formula": "(pixel / 255 - mean) / std",
+                },
+                "output": card.output.kind,
+                "provider": served.pool.provider,
+                "sessions": served.pool.size,
+                "training": card.training.model_dump() if card.training else None,
+            }
+        )
     return {
         "name": name,
         "default": name == service.repository.default,
         "latest_version": service.repository.latest(name).version,
         "versions": versions,
-        "batching": {"max_batch_size": settings.max_batch_size,
-                     "max_batch_delay_ms": settings.max_batch_delay_ms,
-                     "max_queue": settings.max_queue,
-                     "request_timeout_ms": settings.request_timeout_ms},
+        "batching": {
+            "max_batch_size": settings.max_batch_size,
+            "max_batch_delay_ms": settings.max_batch_delay_ms,
+            "max_queue": settings.max_queue,
+            "request_timeout_ms": settings.request_timeout_ms,
+        },
     }
 
 
@@ -193,8 +233,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: 200 once every model is loaded and warmed up",
-            tags=["health"], responses={503: problem_doc("`not_ready`: loading or draining")})
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 once every model is loaded and warmed up",
+    tags=["health"],
+    responses={503: problem_doc("`not_ready`: loading or draining")},
+)
 async def readyz(request: Request) -> dict[str, str]:
     service: Service = request.app.state.service
     if not service.ready:
@@ -202,8 +246,12 @@ async def readyz(request: Request) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics (text exposition)", tags=["health"],
-            response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition)",
+    tags=["health"],
+    response_class=PlainTextResponse,
+)
 async def prometheus_metrics() -> Response:
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

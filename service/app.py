@@ -116,8 +116,15 @@ class Service:
         await batcher.start()
         metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set_function(lambda: batcher.depth)
         metrics.MODEL_INFO.labels(ref.name, str(ref.version), pool.provider).set(1)
-        log.info("loaded %s", ref.key, extra={"provider": pool.provider, "sessions": pool.size,
-                                                "seconds": round(time.perf_counter() - started, 3)})
+        log.info(
+            "loaded %s",
+            ref.key,
+            extra={
+                "provider": pool.provider,
+                "sessions": pool.size,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
         return ServedModel(ref, card, pool, batcher)
 
     async def close(self) -> None:

@@ -177,8 +177,10 @@ class Batcher:
     def _deadline_passed(self, item: _Item) -> None:
         waited_ms = (time.monotonic() - item.arrived) * 1000
         item.future.set_exception(
-            DeadlineExceeded(f"request waited {waited_ms:.0f} ms for model {self.name} "
-                             "and passed its deadline before inference")
+            DeadlineExceeded(
+                f"request waited {waited_ms:.0f} ms for model {self.name} "
+                "and passed its deadline before inference"
+            )
         )
 
     async def _loop(self) -> None:

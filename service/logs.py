@@ -26,7 +26,8 @@ class JsonFormatter(logging.Formatter):
         if request_id != "-":
             entry["request_id"] = request_id
         entry.update(
-            (key, value) for key, value in vars(record).items()
+            (key, value)
+            for key, value in vars(record).items()
             if key not in _STANDARD_ATTRS and not key.startswith("_") and key != "color_message"
         )
         if record.exc_info:

@@ -17,8 +17,15 @@ from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 T = TypeVar("T")
 
-RAW_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff",
-                   "image/gif", "application/octet-stream")
+RAW_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "image/gif",
+    "application/octet-stream",
+)
 MULTIPART = "multipart/form-data"
 _ALIASES = {"image/jpg": "image/jpeg", "image/x-ms-bmp": "image/bmp"}
 
@@ -30,8 +37,12 @@ class OutputFormat(StrEnum):
 
 
 # Accept media range -> format, for requests without ?format=.
-_ACCEPTS = {"application/json": OutputFormat.rle, "image/png": OutputFormat.png,
-            "image/*": OutputFormat.png, "*/*": OutputFormat.png}
+_ACCEPTS = {
+    "application/json": OutputFormat.rle,
+    "image/png": OutputFormat.png,
+    "image/*": OutputFormat.png,
+    "*/*": OutputFormat.png,
+}
 
 
 def negotiate(accept: str | None) -> OutputFormat:
@@ -89,8 +100,9 @@ async def image_part(headers: Headers, body: bytes) -> bytes:
     async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
-    parser = MultiPartParser(headers, replay(), max_files=4, max_fields=16,
-                             max_part_size=len(body) + 1)
+    parser = MultiPartParser(
+        headers, replay(), max_files=4, max_fields=16, max_part_size=len(body) + 1
+    )
     parser.spool_max_size = len(body) + 1  # the body is in memory already: no temporary file
     try:
         form = await parser.parse()

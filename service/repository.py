@@ -42,8 +42,10 @@ class ModelRepository:
     @classmethod
     def scan(cls, root: Path, default_model: str | None = None) -> ModelRepository:
         if not root.is_dir():
-            raise ModelLoadError(f"model repository {root.resolve()} does not exist or is not a "
-                                 "folder (set SEGSERVE_MODEL_REPOSITORY)")
+            raise ModelLoadError(
+                f"model repository {root.resolve()} does not exist or is not a "
+                "folder (set SEGSERVE_MODEL_REPOSITORY)"
+            )
         found: dict[str, dict[int, ModelVersion]] = {}
         for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
             for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
@@ -56,13 +58,16 @@ class ModelRepository:
                     v = ModelVersion(model_dir.name, int(version_dir.name), path)
                     found.setdefault(model_dir.name, {})[v.version] = v
         if not found:
-            raise ModelLoadError(f"no models in {root.resolve()}: expected "
-                                 f"<name>/<version>/{MODEL_FILE}")
+            raise ModelLoadError(
+                f"no models in {root.resolve()}: expected <name>/<version>/{MODEL_FILE}"
+            )
         if default_model is None:
             default_model = next(iter(sorted(found)))
         elif default_model not in found:
-            raise ModelLoadError(f"SEGSERVE_DEFAULT_MODEL={default_model} is not in {root} "
-                                 f"(found: {', '.join(sorted(found))})")
+            raise ModelLoadError(
+                f"SEGSERVE_DEFAULT_MODEL={default_model} is not in {root} "
+                f"(found: {', '.join(sorted(found))})"
+            )
         return cls(found, default_model)
 
     def all(self) -> list[ModelVersion]:
@@ -80,8 +85,10 @@ class ModelRepository:
         if version is None:
             return self.latest(name)
         if version not in versions:
-            raise ModelNotFound(f"model '{name}' has no version {version} "
-                                f"(available: {', '.join(map(str, versions))})")
+            raise ModelNotFound(
+                f"model '{name}' has no version {version} "
+                f"(available: {', '.join(map(str, versions))})"
+            )
         return versions[version]
 
 

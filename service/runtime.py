@@ -123,27 +123,35 @@ def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) 
     """Refuse a model whose tensors do not match its card, at load rather than per request."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
-        raise ModelLoadError(f"{path}: expected one input and an output, got "
-                             f"{len(inputs)} inputs and {len(outputs)} outputs")
+        raise ModelLoadError(
+            f"{path}: expected one input and an output, got "
+            f"{len(inputs)} inputs and {len(outputs)} outputs"
+        )
     shape = inputs[0].shape
     expected = [None, 3, card.input.height, card.input.width]
     if len(shape) != 4 or any(
         isinstance(dim, int) and want is not None and dim != want
         for dim, want in zip(shape, expected, strict=True)
     ):
-        raise ModelLoadError(f"{path}: input shape {shape} does not match the card's "
-                             f"N x 3 x {card.input.height} x {card.input.width}")
+        raise ModelLoadError(
+            f"{path}: input shape {shape} does not match the card's "
+            f"N x 3 x {card.input.height} x {card.input.width}"
+        )
     if inputs[0].type != _ORT_DTYPES[card.input.dtype]:
-        raise ModelLoadError(f"{path}: input type {inputs[0].type} but the card says "
-                             f"{card.input.dtype}")
+        raise ModelLoadError(
+            f"{path}: input type {inputs[0].type} but the card says {card.input.dtype}"
+        )
     out_shape = outputs[0].shape
     rank = 4 if card.output.kind == "logits" else 3
     if len(out_shape) != rank:
-        raise ModelLoadError(f"{path}: output '{outputs[0].name}' has rank "
-                             f"{len(out_shape)}, a '{card.output.kind}' output has {rank}")
+        raise ModelLoadError(
+            f"{path}: output '{outputs[0].name}' has rank "
+            f"{len(out_shape)}, a '{card.output.kind}' output has {rank}"
+        )
     if rank == 4 and isinstance(out_shape[1], int) and out_shape[1] != card.num_classes:
-        raise ModelLoadError(f"{path}: the model scores {out_shape[1]} classes, "
-                             f"the card lists {card.num_classes}")
+        raise ModelLoadError(
+            f"{path}: the model scores {out_shape[1]} classes, the card lists {card.num_classes}"
+        )
 
 
 class Runner:

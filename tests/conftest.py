@@ -33,8 +33,13 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"SEGSERVE_MODEL_REPOSITORY": str(tiny_repo), "SEGSERVE_DEFAULT_MODEL": "tiny",
-           "SEGSERVE_MAX_BATCH_DELAY_MS": "10", "SEGSERVE_WORKER_THREADS": "2", **SERVER_LIMITS}
+    env = {
+        "SEGSERVE_MODEL_REPOSITORY": str(tiny_repo),
+        "SEGSERVE_DEFAULT_MODEL": "tiny",
+        "SEGSERVE_MAX_BATCH_DELAY_MS": "10",
+        "SEGSERVE_WORKER_THREADS": "2",
+        **SERVER_LIMITS,
+    }
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     with running_server(env, log_path) as srv:
         yield srv

@@ -68,8 +68,14 @@ def expected_mask(image: Image.Image, side: int) -> np.ndarray:
     return labels[np.ix_(rows, cols)]
 
 
-def segment(client: httpx.Client, data: bytes, *, content_type: str = PNG,
-            params: dict[str, str] | None = None, **kwargs: object) -> httpx.Response:
+def segment(
+    client: httpx.Client,
+    data: bytes,
+    *,
+    content_type: str = PNG,
+    params: dict[str, str] | None = None,
+    **kwargs: object,
+) -> httpx.Response:
     headers = {"Content-Type": content_type, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
     return client.post("/segment", content=data, headers=headers, params=params, **kwargs)
 
@@ -82,8 +88,11 @@ def png_labels(response: httpx.Response) -> np.ndarray:
 
 def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
     text = client.get("/metrics").text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
@@ -113,8 +122,11 @@ def test_png_palette_is_the_class_colours(client: httpx.Client) -> None:
     response = segment(client, encoded(scene(2)))
     palette = Image.open(io.BytesIO(response.content)).getpalette()
     assert palette is not None
-    assert [tuple(palette[3 * i: 3 * i + 3]) for i in range(3)] == [(0, 0, 0), (128, 0, 0),
-                                                                    (0, 128, 0)]
+    assert [tuple(palette[3 * i : 3 * i + 3]) for i in range(3)] == [
+        (0, 0, 0),
+        (128, 0, 0),
+        (0, 128, 0),
+    ]
 
 
 def test_multipart_upload_over_a_megabyte(client: httpx.Client) -> None:
@@ -123,8 +135,9 @@ def test_multipart_upload_over_a_megabyte(client: httpx.Client) -> None:
     assert 1 << 20 < len(data) < int(SERVER_LIMITS["SEGSERVE_MAX_BODY_BYTES"])
     response = client.post("/segment", files={"image": ("noise.png", data, PNG)})
     assert response.status_code == 200
-    np.testing.assert_array_equal(png_labels(response),
-                                  expected_mask(Image.fromarray(noise), DEFAULT_SIDE))
+    np.testing.assert_array_equal(
+        png_labels(response), expected_mask(Image.fromarray(noise), DEFAULT_SIDE)
+    )
 
 
 @pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream", "image/webp"])
@@ -184,9 +197,16 @@ def test_overlay_blends_class_colours_over_the_image(client: httpx.Client) -> No
 # -- negotiation, models and versions --------------------------------------------------------------
 @pytest.mark.parametrize(
     ("accept", "expected"),
-    [("application/json", JSON), ("image/png", PNG), ("*/*", PNG), ("image/*", PNG),
-     ("text/html", PNG), ("application/json;q=0.5, image/png", PNG),
-     ("image/png;q=0.2, application/json", JSON), ("text/html, application/json;q=0.9", JSON)],
+    [
+        ("application/json", JSON),
+        ("image/png", PNG),
+        ("*/*", PNG),
+        ("image/*", PNG),
+        ("text/html", PNG),
+        ("application/json;q=0.5, image/png", PNG),
+        ("image/png;q=0.2, application/json", JSON),
+        ("text/html, application/json;q=0.9", JSON),
+    ],
 )
 def test_accept_selects_the_format(client: httpx.Client, accept: str, expected: str) -> None:
     response = segment(client, encoded(scene(7)), headers={"Accept": accept})
@@ -195,27 +215,34 @@ def test_accept_selects_the_format(client: httpx.Client, accept: str, expected: 
 
 
 def test_format_parameter_wins_over_accept(client: httpx.Client) -> None:
-    response = segment(client, encoded(scene(8)), params={"format": "rle"},
-                       headers={"Accept": "image/png"})
+    response = segment(
+        client, encoded(scene(8)), params={"format": "rle"}, headers={"Accept": "image/png"}
+    )
     assert response.headers["content-type"] == JSON
-    response = segment(client, encoded(scene(8)), params={"format": "png"},
-                       headers={"Accept": "application/json"})
+    response = segment(
+        client, encoded(scene(8)), params={"format": "png"}, headers={"Accept": "application/json"}
+    )
     assert response.headers["content-type"] == PNG
 
 
-@pytest.mark.parametrize(("params", "model", "version"), [
-    ({}, "tiny", 2), ({"version": "1"}, "tiny", 1), ({"model": "tiny", "version": "2"}, "tiny", 2),
-    ({"model": "tiny-b"}, "tiny-b", 1),
-])
-def test_model_and_version_selection(client: httpx.Client, params: dict[str, str], model: str,
-                                     version: int) -> None:
+@pytest.mark.parametrize(
+    ("params", "model", "version"),
+    [
+        ({}, "tiny", 2),
+        ({"version": "1"}, "tiny", 1),
+        ({"model": "tiny", "version": "2"}, "tiny", 2),
+        ({"model": "tiny-b"}, "tiny-b", 1),
+    ],
+)
+def test_model_and_version_selection(
+    client: httpx.Client, params: dict[str, str], model: str, version: int
+) -> None:
     image = scene(9, 64, 64)
     response = segment(client, encoded(image), params=params)
     assert response.status_code == 200
     assert response.headers["x-model"] == model
     assert response.headers["x-model-version"] == str(version)
-    np.testing.assert_array_equal(png_labels(response),
-                                  expected_mask(image, SIZES[model, version]))
+    np.testing.assert_array_equal(png_labels(response), expected_mask(image, SIZES[model, version]))
 
 
 def test_response_headers(client: httpx.Client) -> None:
@@ -236,8 +263,14 @@ def test_one_json_log_line_per_request(client: httpx.Client, server: Server) -> 
     access = [line for line in lines if line.get("path") == "/segment"]
     assert len(access) == 1
     assert access[0] | {"latency_ms": 0} == access[0] | {
-        "request_id": "log-line-check", "model": "tiny", "version": "2", "status": 200,
-        "format": "png", "method": "POST", "latency_ms": 0}
+        "request_id": "log-line-check",
+        "model": "tiny",
+        "version": "2",
+        "status": 200,
+        "format": "png",
+        "method": "POST",
+        "latency_ms": 0,
+    }
     assert access[0]["latency_ms"] > 0
 
 
@@ -249,15 +282,27 @@ def test_models_lists_everything_api_md_promises(client: httpx.Client) -> None:
     assert set(models) == {"tiny", "tiny-b"}
     tiny = models["tiny"]
     assert (tiny["default"], tiny["latest_version"]) == (True, 2)
-    assert tiny["batching"] == {"max_batch_size": 8, "max_batch_delay_ms": 10.0,
-                                "max_queue": 256, "request_timeout_ms": 30000.0}
+    assert tiny["batching"] == {
+        "max_batch_size": 8,
+        "max_batch_delay_ms": 10.0,
+        "max_queue": 256,
+        "request_timeout_ms": 30000.0,
+    }
     v1, v2 = tiny["versions"]
     assert (v1["version"], v1["output"], v2["version"], v2["output"]) == (1, "logits", 2, "labels")
-    assert v1["classes"] == [{"id": 0, "label": "background", "color": [0, 0, 0]},
-                             {"id": 1, "label": "red", "color": [128, 0, 0]},
-                             {"id": 2, "label": "green", "color": [0, 128, 0]}]
-    assert v1["input"] == {"height": 32, "width": 32, "layout": "NCHW", "channels": "RGB",
-                           "dtype": "float32", "resize": "stretch"}
+    assert v1["classes"] == [
+        {"id": 0, "label": "background", "color": [0, 0, 0]},
+        {"id": 1, "label": "red", "color": [128, 0, 0]},
+        {"id": 2, "label": "green", "color": [0, 128, 0]},
+    ]
+    assert v1["input"] == {
+        "height": 32,
+        "width": 32,
+        "layout": "NCHW",
+        "channels": "RGB",
+        "dtype": "float32",
+        "resize": "stretch",
+    }
     assert v2["input"]["height"] == 24
     assert v1["normalization"]["mean"] == [0, 0, 0]
     assert v1["normalization"]["std"] == [1, 1, 1]
@@ -277,8 +322,15 @@ def test_openapi_documents_parameters_bodies_and_responses(client: httpx.Client)
     assert {p["name"] for p in operation["parameters"]} == {"format", "alpha", "model", "version"}
     assert all(p.get("description") for p in operation["parameters"])
     assert set(operation["requestBody"]["content"]) == {
-        "image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "image/gif",
-        "application/octet-stream", "multipart/form-data"}
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "image/gif",
+        "application/octet-stream",
+        "multipart/form-data",
+    }
     responses = operation["responses"]
     assert set(responses["200"]["content"]) == {PNG, JSON}
     assert {"X-Model", "X-Model-Version", "Server-Timing"} <= set(responses["200"]["headers"])
@@ -288,10 +340,14 @@ def test_openapi_documents_parameters_bodies_and_responses(client: httpx.Client)
 
 # -- metrics ---------------------------------------------------------------------------------------
 def test_metrics_are_exported_and_count(client: httpx.Client) -> None:
-    ok = ("segserve_requests_total", frozenset({"model": "tiny", "format": "rle",
-                                                "code": "200"}.items()))
-    bad = ("segserve_rejections_total", frozenset({"model": "tiny",
-                                                   "reason": "invalid_image"}.items()))
+    ok = (
+        "segserve_requests_total",
+        frozenset({"model": "tiny", "format": "rle", "code": "200"}.items()),
+    )
+    bad = (
+        "segserve_rejections_total",
+        frozenset({"model": "tiny", "reason": "invalid_image"}.items()),
+    )
     before = metric_samples(client)
     segment(client, encoded(scene(12)), params={"format": "rle"})
     segment(client, b"not an image")
@@ -299,17 +355,24 @@ def test_metrics_are_exported_and_count(client: httpx.Client) -> None:
     assert after[ok] == before.get(ok, 0) + 1
     assert after[bad] == before.get(bad, 0) + 1
     names = {name for name, _ in after}
-    for name in ("segserve_request_duration_seconds_bucket", "segserve_queue_wait_seconds_count",
-                 "segserve_inference_duration_seconds_sum", "segserve_batch_size_count",
-                 "segserve_queue_depth", "segserve_in_flight_requests", "segserve_model_loaded",
-                 "process_resident_memory_bytes"):
+    for name in (
+        "segserve_request_duration_seconds_bucket",
+        "segserve_queue_wait_seconds_count",
+        "segserve_inference_duration_seconds_sum",
+        "segserve_batch_size_count",
+        "segserve_queue_depth",
+        "segserve_in_flight_requests",
+        "segserve_model_loaded",
+        "process_resident_memory_bytes",
+    ):
         assert name in names, name
     loaded = {dict(labels)["provider"] for name, labels in after if name == "segserve_model_loaded"}
     assert loaded == {"CPU"}
 
 
-def test_concurrent_requests_each_get_their_own_answer(client: httpx.Client,
-                                                       server: Server) -> None:
+def test_concurrent_requests_each_get_their_own_answer(
+    client: httpx.Client, server: Server
+) -> None:
     images = [encoded(scene(100 + i, 48 + 7 * (i % 9), 40 + 5 * (i % 7))) for i in range(32)]
     alone = [png_labels(segment(client, data)) for data in images]
     batches_before = _batch_counts(client)
@@ -319,8 +382,9 @@ def test_concurrent_requests_each_get_their_own_answer(client: httpx.Client,
     for response, expected in zip(together, alone, strict=True):
         assert response.status_code == 200
         np.testing.assert_array_equal(png_labels(response), expected)
-    batches, single = (after - before for after, before in
-                       zip(_batch_counts(client), batches_before, strict=True))
+    batches, single = (
+        after - before for after, before in zip(_batch_counts(client), batches_before, strict=True)
+    )
     assert batches < 32  # some batches held more than one image
     assert single < batches
 
@@ -339,21 +403,26 @@ def _multipart(name: str, data: bytes) -> dict:
     return {"files": {name: ("x.png", data, PNG)}}
 
 
-@pytest.mark.parametrize("request_kwargs", [
-    {"content": b"", "headers": {"Content-Type": PNG}},
-    {"content": b"definitely not an image", "headers": {"Content-Type": PNG}},
-    {"content": b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "headers": {"Content-Type": PNG}},
-    {"content": encoded(scene(13))[:-200], "headers": {"Content-Type": PNG}},
-    _multipart("photo", encoded(scene(13))),
-    _multipart("image", b"GIF89a garbage"),
-    {"content": b"--xyz\r\nbroken", "headers": {"Content-Type": "multipart/form-data"}},
-], ids=["empty", "garbage", "header-only", "truncated", "wrong-part", "bad-part", "bad-multipart"])
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"content": b"", "headers": {"Content-Type": PNG}},
+        {"content": b"definitely not an image", "headers": {"Content-Type": PNG}},
+        {"content": b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "headers": {"Content-Type": PNG}},
+        {"content": encoded(scene(13))[:-200], "headers": {"Content-Type": PNG}},
+        _multipart("photo", encoded(scene(13))),
+        _multipart("image", b"GIF89a garbage"),
+        {"content": b"--xyz\r\nbroken", "headers": {"Content-Type": "multipart/form-data"}},
+    ],
+    ids=["empty", "garbage", "header-only", "truncated", "wrong-part", "bad-part", "bad-multipart"],
+)
 def test_invalid_image_is_400(client: httpx.Client, request_kwargs: dict) -> None:
     assert_problem(client.post("/segment", **request_kwargs), 400, "invalid_image")
 
 
-@pytest.mark.parametrize("params", [{"model": "nope"}, {"version": "7"},
-                                    {"model": "tiny-b", "version": "2"}])
+@pytest.mark.parametrize(
+    "params", [{"model": "nope"}, {"version": "7"}, {"model": "tiny-b", "version": "2"}]
+)
 def test_unknown_model_or_version_is_404(client: httpx.Client, params: dict[str, str]) -> None:
     assert_problem(segment(client, encoded(scene(14)), params=params), 404, "model_not_found")
 
@@ -370,22 +439,36 @@ def test_too_large_is_413_declared_streamed_or_pixels(client: httpx.Client) -> N
         for _ in range(limit // 65536 + 2):
             yield b"\0" * 65536
 
-    assert_problem(client.post("/segment", content=chunks(), headers={"Content-Type": PNG}),
-                   413, "payload_too_large")
+    assert_problem(
+        client.post("/segment", content=chunks(), headers={"Content-Type": PNG}),
+        413,
+        "payload_too_large",
+    )
     bomb = encoded(Image.new("L", (2100, 2000)))  # 4.2 Mpx > 4 Mpx, a few kB on the wire
     assert len(bomb) < limit
     assert_problem(segment(client, bomb), 413, "payload_too_large")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/json",
-                                          "application/x-www-form-urlencoded", "image/svg+xml"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/json", "application/x-www-form-urlencoded", "image/svg+xml"],
+)
 def test_unsupported_media_type_is_415(client: httpx.Client, content_type: str) -> None:
     response = segment(client, encoded(scene(15)), content_type=content_type)
     assert_problem(response, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("params", [{"format": "jpeg"}, {"alpha": "1.5"}, {"alpha": "-0.1"},
-                                    {"alpha": "lots"}, {"version": "0"}, {"version": "latest"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"format": "jpeg"},
+        {"alpha": "1.5"},
+        {"alpha": "-0.1"},
+        {"alpha": "lots"},
+        {"version": "0"},
+        {"version": "latest"},
+    ],
+)
 def test_bad_parameter_is_422(client: httpx.Client, params: dict[str, str]) -> None:
     assert_problem(segment(client, encoded(scene(16)), params=params), 422, "invalid_parameter")
 
@@ -403,12 +486,20 @@ def test_bad_requests_leave_the_server_healthy(client: httpx.Client) -> None:
 def test_full_queue_is_503_and_a_late_request_504(tiny_repo: Path, tmp_path: Path) -> None:
     """A long batch window keeps the first two requests queued: the others find the queue full
     (503 + Retry-After), and the queued ones pass their 150 ms deadline before inference (504)."""
-    env = {"SEGSERVE_MODEL_REPOSITORY": str(tiny_repo), "SEGSERVE_MAX_QUEUE": "2",
-           "SEGSERVE_MAX_BATCH_SIZE": "64", "SEGSERVE_MAX_BATCH_DELAY_MS": "1000",
-           "SEGSERVE_BATCH_EAGER": "false", "SEGSERVE_REQUEST_TIMEOUT_MS": "150"}
+    env = {
+        "SEGSERVE_MODEL_REPOSITORY": str(tiny_repo),
+        "SEGSERVE_MAX_QUEUE": "2",
+        "SEGSERVE_MAX_BATCH_SIZE": "64",
+        "SEGSERVE_MAX_BATCH_DELAY_MS": "1000",
+        "SEGSERVE_BATCH_EAGER": "false",
+        "SEGSERVE_REQUEST_TIMEOUT_MS": "150",
+    }
     data = encoded(scene(18))
-    with running_server(env, tmp_path / "server.log") as srv, srv.client() as c, \
-            ThreadPoolExecutor(6) as pool:
+    with (
+        running_server(env, tmp_path / "server.log") as srv,
+        srv.client() as c,
+        ThreadPoolExecutor(6) as pool,
+    ):
         responses = list(pool.map(lambda _: segment(c, data), range(6)))
         codes = sorted(r.status_code for r in responses)
         assert set(codes) == {503, 504}, codes

@@ -65,8 +65,9 @@ def test_each_item_gets_its_own_answer_in_submission_order() -> None:
     async def scenario() -> None:
         recorder = Recorder()
         batcher = await started(recorder, max_batch_size=8)
-        results = await asyncio.gather(*(batcher.submit(item(i), deadline=later())
-                                         for i in range(20)))
+        results = await asyncio.gather(
+            *(batcher.submit(item(i), deadline=later()) for i in range(20))
+        )
         assert [int(r.value[0]) for r in results] == [1000 + i for i in range(20)]
         assert [i for batch in recorder.batches for i in batch] == list(range(20))
         await batcher.stop()
@@ -78,8 +79,9 @@ def test_batches_never_exceed_max_batch_size() -> None:
     async def scenario() -> None:
         recorder = Recorder()
         batcher = await started(recorder, max_batch_size=3)
-        results = await asyncio.gather(*(batcher.submit(item(i), deadline=later())
-                                         for i in range(10)))
+        results = await asyncio.gather(
+            *(batcher.submit(item(i), deadline=later()) for i in range(10))
+        )
         assert [len(b) for b in recorder.batches] == [3, 3, 3, 1]
         assert [r.batch_size for r in results] == [3] * 9 + [1]
         await batcher.stop()
@@ -92,8 +94,9 @@ def test_a_full_batch_starts_at_once_a_partial_one_after_the_delay() -> None:
         recorder = Recorder()
         batcher = await started(recorder, max_batch_size=2, max_delay_s=0.5)
         t0 = time.monotonic()
-        full = await asyncio.gather(batcher.submit(item(1), deadline=later()),
-                                    batcher.submit(item(2), deadline=later()))
+        full = await asyncio.gather(
+            batcher.submit(item(1), deadline=later()), batcher.submit(item(2), deadline=later())
+        )
         full_s = time.monotonic() - t0
         t0 = time.monotonic()
         lone = await batcher.submit(item(3), deadline=later())
@@ -112,8 +115,7 @@ def test_items_arriving_within_the_delay_share_a_batch() -> None:
         batcher = await started(recorder, max_batch_size=8, max_delay_s=0.3)
         first = asyncio.ensure_future(batcher.submit(item(0), deadline=later()))
         await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(batcher.submit(item(i), deadline=later()))
-                for i in (1, 2)]
+        rest = [asyncio.ensure_future(batcher.submit(item(i), deadline=later())) for i in (1, 2)]
         await asyncio.gather(first, *rest)
         assert recorder.batches == [[0, 1, 2]]
         await batcher.stop()
@@ -150,8 +152,9 @@ def test_a_full_queue_refuses_with_overloaded_and_recovers() -> None:
         batcher = await started(recorder, max_batch_size=2, max_delay_s=0, max_queue=3)
         running = asyncio.ensure_future(batcher.submit(item(0), deadline=later()))
         await settle()  # item 0 is in the running batch, the queue is empty
-        queued = [asyncio.ensure_future(batcher.submit(item(i), deadline=later()))
-                  for i in (1, 2, 3)]
+        queued = [
+            asyncio.ensure_future(batcher.submit(item(i), deadline=later())) for i in (1, 2, 3)
+        ]
         await settle()
         assert batcher.depth == 3
         with pytest.raises(Overloaded):
@@ -201,8 +204,12 @@ def test_an_inference_error_fails_only_its_own_batch() -> None:
             *(batcher.submit(item(i), deadline=later()) for i in (1, POISON, 3, 4)),
             return_exceptions=True,
         )
-        assert [type(o) for o in outcomes] == [InferenceFailed, InferenceFailed, Completed,
-                                               Completed]
+        assert [type(o) for o in outcomes] == [
+            InferenceFailed,
+            InferenceFailed,
+            Completed,
+            Completed,
+        ]
         assert "Traceback" not in str(outcomes[0])
         assert int((await batcher.submit(item(5), deadline=later())).value[0]) == 1005
         await batcher.stop()
@@ -214,8 +221,9 @@ def test_stop_finishes_queued_work_then_refuses_new_items() -> None:
     async def scenario() -> None:
         recorder = Recorder()
         batcher = await started(recorder, max_batch_size=4, max_delay_s=10.0)
-        queued = [asyncio.ensure_future(batcher.submit(item(i), deadline=later()))
-                  for i in range(3)]
+        queued = [
+            asyncio.ensure_future(batcher.submit(item(i), deadline=later())) for i in range(3)
+        ]
         await settle()
         assert batcher.depth == 3  # waiting for a 10 s batch window ...
         t0 = time.monotonic()
@@ -233,8 +241,9 @@ def test_concurrency_runs_batches_side_by_side() -> None:
         recorder = Recorder()
         recorder.release.clear()
         batcher = await started(recorder, max_batch_size=1, max_delay_s=0, concurrency=2)
-        waiting = [asyncio.ensure_future(batcher.submit(item(i), deadline=later()))
-                   for i in range(3)]
+        waiting = [
+            asyncio.ensure_future(batcher.submit(item(i), deadline=later())) for i in range(3)
+        ]
         await settle()
         assert recorder.batches == [[0], [1]]  # two sessions busy, the third item queued
         assert batcher.depth == 1
@@ -259,8 +268,9 @@ def test_items_of_another_shape_are_refused() -> None:
 def test_eager_batcher_does_not_wait_when_nothing_is_announced() -> None:
     async def scenario() -> None:
         recorder = Recorder()
-        batcher = await started(recorder, max_batch_size=8, max_delay_s=5.0,
-                                wait_for_announced=True)
+        batcher = await started(
+            recorder, max_batch_size=8, max_delay_s=5.0, wait_for_announced=True
+        )
         t0 = time.monotonic()
         await batcher.submit(item(1), deadline=later())
         assert time.monotonic() - t0 < 2.5  # not the 5 s window
@@ -272,8 +282,9 @@ def test_eager_batcher_does_not_wait_when_nothing_is_announced() -> None:
 def test_eager_batcher_waits_for_an_announced_item_and_batches_it() -> None:
     async def scenario() -> None:
         recorder = Recorder()
-        batcher = await started(recorder, max_batch_size=8, max_delay_s=5.0,
-                                wait_for_announced=True)
+        batcher = await started(
+            recorder, max_batch_size=8, max_delay_s=5.0, wait_for_announced=True
+        )
         preparing = batcher.announce()
         preparing.__enter__()
         first = asyncio.ensure_future(batcher.submit(item(1), deadline=later()))
@@ -291,8 +302,9 @@ def test_eager_batcher_waits_for_an_announced_item_and_batches_it() -> None:
 def test_an_announced_item_that_fails_to_come_releases_the_batch() -> None:
     async def scenario() -> None:
         recorder = Recorder()
-        batcher = await started(recorder, max_batch_size=8, max_delay_s=5.0,
-                                wait_for_announced=True)
+        batcher = await started(
+            recorder, max_batch_size=8, max_delay_s=5.0, wait_for_announced=True
+        )
         t0 = time.monotonic()
         waiting = asyncio.ensure_future(batcher.submit(item(1), deadline=later()))
 

@@ -18,14 +18,21 @@ from tests.support import Server, start_server, tiny_card, tiny_model, write_tin
 from tests.test_api import encoded, expected_mask, png_labels, scene
 
 # A long batch window holds requests in the queue: "in flight" for as long as the test needs.
-HOLDING = {"SEGSERVE_MAX_BATCH_SIZE": "64", "SEGSERVE_MAX_BATCH_DELAY_MS": "1500",
-           "SEGSERVE_BATCH_EAGER": "false"}
+HOLDING = {
+    "SEGSERVE_MAX_BATCH_SIZE": "64",
+    "SEGSERVE_MAX_BATCH_DELAY_MS": "1500",
+    "SEGSERVE_BATCH_EAGER": "false",
+}
 
 
 def queue_depth(server: Server) -> float:
     text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples if s.name == "segserve_queue_depth")
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "segserve_queue_depth"
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -38,14 +45,24 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 @pytest.mark.parametrize("drain_delay_s", ["0", "1.0"])
 def test_sigterm_finishes_queued_requests_and_exits_0(tmp_path: Path, drain_delay_s: str) -> None:
     write_tiny_model(tmp_path / "models", "tiny", 1, size=32)
-    env = {"SEGSERVE_MODEL_REPOSITORY": str(tmp_path / "models"),
-           "SEGSERVE_DRAIN_DELAY_S": drain_delay_s, **HOLDING}
+    env = {
+        "SEGSERVE_MODEL_REPOSITORY": str(tmp_path / "models"),
+        "SEGSERVE_DRAIN_DELAY_S": drain_delay_s,
+        **HOLDING,
+    }
     server = start_server(env, tmp_path / "server.log")
     images = [scene(40 + i) for i in range(4)]
     try:
         with server.client() as client, ThreadPoolExecutor(4) as pool:
-            pending = [pool.submit(client.post, "/segment", content=encoded(image),
-                                   headers={"Content-Type": "image/png"}) for image in images]
+            pending = [
+                pool.submit(
+                    client.post,
+                    "/segment",
+                    content=encoded(image),
+                    headers={"Content-Type": "image/png"},
+                )
+                for image in images
+            ]
             wait_for(lambda: queue_depth(server) == 4)
             server.process.send_signal(signal.SIGTERM)
             if drain_delay_s != "0":
@@ -107,8 +124,11 @@ def test_startup_failure_exits_non_zero_with_a_clear_message(tmp_path: Path, cas
         server.stop()
         pytest.fail(f"server did not exit:\n{server.log()}")
     assert code == 1
-    errors = [json.loads(line) for line in server.log().splitlines()
-              if json.loads(line)["level"] == "error"]
+    errors = [
+        json.loads(line)
+        for line in server.log().splitlines()
+        if json.loads(line)["level"] == "error"
+    ]
     assert any(message in e["message"] for e in errors), server.log()
     assert "Traceback" not in server.log()
 

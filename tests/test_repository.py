@@ -48,12 +48,17 @@ def test_resolve_defaults_to_the_default_model_and_latest_version(repo: Path) ->
     assert repository.resolve("zeta", None).key == "zeta:1"
 
 
-@pytest.mark.parametrize(("name", "version", "message"), [
-    ("beta", None, "no model named 'beta'"), ("alpha", 3, "has no version 3"),
-    (None, 99, "has no version 99"),
-])
-def test_resolve_unknown_is_model_not_found(repo: Path, name: str | None, version: int | None,
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "version", "message"),
+    [
+        ("beta", None, "no model named 'beta'"),
+        ("alpha", 3, "has no version 3"),
+        (None, 99, "has no version 99"),
+    ],
+)
+def test_resolve_unknown_is_model_not_found(
+    repo: Path, name: str | None, version: int | None, message: str
+) -> None:
     with pytest.raises(ModelNotFound, match=message):
         ModelRepository.scan(repo).resolve(name, version)
 

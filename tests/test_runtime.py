@@ -17,6 +17,7 @@ from service.runtime import (
     CPU,
     CUDA,
     TENSORRT,
+    Attempt,
     Runner,
     check_signature,
     load_model,
@@ -24,15 +25,14 @@ from service.runtime import (
     plan_providers,
     session_options,
 )
-from service.settings import Settings
+from service.settings import Provider, Settings
 from tests.support import expected_labels, tiny_card, tiny_model, write_tiny_model
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]
 
 
-def plan(requested: str, available: list[str]) -> list:
-    return plan_providers(requested, available,  # type: ignore[arg-type]
-                          trt_cache_dir=Path("/cache"), trt_fp16=True)
+def plan(requested: Provider, available: list[str]) -> list[Attempt]:
+    return plan_providers(requested, available, trt_cache_dir=Path("/cache"), trt_fp16=True)
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -62,8 +62,11 @@ def test_explicit_gpu_providers_are_required() -> None:
     (name, options), *fallbacks = trt.providers
     assert name == TENSORRT
     assert fallbacks == [CUDA, CPU]
-    assert options == {"trt_engine_cache_enable": "True", "trt_engine_cache_path": "/cache",
-                       "trt_fp16_enable": "True"}
+    assert options == {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": "/cache",
+        "trt_fp16_enable": "True",
+    }
 
 
 @pytest.mark.parametrize("requested", ["cuda", "tensorrt"])
@@ -178,8 +181,9 @@ def test_a_card_that_does_not_match_the_tensors_is_refused(model_path: Path) -> 
         check_signature(session, tiny_card(size=16), model_path)
     with pytest.raises(ModelLoadError, match="a 'labels' output has 3"):
         check_signature(session, tiny_card(size=8, output="labels"), model_path)
-    four_classes = tiny_card(size=8).model_copy(update={"classes": [
-        *tiny_card().classes, ClassInfo(id=3, label="blue", color=(0, 0, 128))]})
+    four_classes = tiny_card(size=8).model_copy(
+        update={"classes": [*tiny_card().classes, ClassInfo(id=3, label="blue", color=(0, 0, 128))]}
+    )
     with pytest.raises(ModelLoadError, match="scores 3 classes, the card lists 4"):
         check_signature(session, four_classes, model_path)
     check_signature(session, tiny_card(size=8), model_path)
