@@ -61,6 +61,7 @@ class BatchResult:
     batch_size: int
     stage_ms: StageMs  # per image, serial
     images_per_s: float  # pipelined over the worker pool + session
+    cpu_ms_per_image: float  # process CPU (all threads) per image in the pipelined run
 
 
 class Pipeline:
@@ -110,14 +111,15 @@ def stage_ms(pipe: Pipeline, data: bytes, batch_size: int, repeat: int) -> Stage
     return StageMs(decode_ms, prepare_ms, infer_ms / batch_size, resize_ms, encode_ms)
 
 
-def pipelined_images_per_s(pipe: Pipeline, data: bytes, batch_size: int, seconds: float,
-                           pool: ThreadPoolExecutor) -> float:
+def pipelined(pipe: Pipeline, data: bytes, batch_size: int, seconds: float,
+              pool: ThreadPoolExecutor) -> tuple[float, float]:
+    """Images per second and CPU ms per image, the stages overlapping as in a server."""
     spec = pipe.card.input
     batch = np.empty((batch_size, 3, spec.height, spec.width), dtype=np.float32)
     pipe.infer(batch)  # first run at a new shape allocates; keep it out of the timing
     backs: list[Future[bytes]] = []
     done_images = batches = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     fronts = [pool.submit(pipe.front, data) for _ in range(batch_size)]
     while True:
         items = [f.result() for f in fronts]
@@ -134,7 +136,8 @@ def pipelined_images_per_s(pipe: Pipeline, data: bytes, batch_size: int, seconds
             break
     for f in backs:
         f.result()
-    return done_images / (time.perf_counter() - t0)
+    cpu_ms = (time.process_time() - cpu0) * 1000.0 / done_images
+    return done_images / (time.perf_counter() - t0), cpu_ms
 
 
 def run(model: Path, image: str, batch_sizes: list[int], seconds: float,
@@ -146,11 +149,11 @@ def run(model: Path, image: str, batch_sizes: list[int], seconds: float,
     with ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="bench-cpu") as pool:
         for b in batch_sizes:
             stages = stage_ms(pipe, data, b, repeat)
-            rate = pipelined_images_per_s(pipe, data, b, seconds, pool)
-            results.append(BatchResult(b, stages, rate))
-            print(f"batch {b:>2}: {rate:7.1f} img/s | stage ms/img " + " ".join(
-                f"{k} {v:.2f}" for k, v in asdict(stages).items()) + f" | sum {stages.total:.2f}",
-                flush=True)
+            rate, cpu_ms = pipelined(pipe, data, b, seconds, pool)
+            results.append(BatchResult(b, stages, rate, cpu_ms))
+            stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(stages).items())
+            print(f"batch {b:>2}: {rate:7.1f} img/s, CPU {cpu_ms:.2f} ms/img | stage ms "
+                  f"{stage_text} | sum {stages.total:.2f}", flush=True)
     best = max(results, key=lambda r: r.images_per_s)
     single = next((r for r in results if r.batch_size == 1), None)
     return {

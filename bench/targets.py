@@ -116,9 +116,22 @@ def main(argv: list[str] | None = None) -> None:
     ]
     table = ["| target | measured | bound | verdict |", "|---|---|---|---|",
              *(v.row() for v in verdicts)]
+    # Where the gap to the offline limit goes: CPU per image in-process vs per request served.
+    best = max(offline["batches"], key=lambda b: b["images_per_s"])
+    cpu = {"offline_cpu_ms_per_image": best["cpu_ms_per_image"],
+           "server_cpu_ms_per_request_c32": c32["server_cpu_ms_per_request"],
+           "client_cpu_cores_c32": c32["client_cpu_cores"],
+           "client_cpu_cores_c32_httpx": runs["c32-small-httpx"]["client_cpu_cores"]}
+    table.append("")
+    table.append(f"CPU per image: {cpu['offline_cpu_ms_per_image']:.2f} ms offline (batch "
+                 f"{best['batch_size']}), {cpu['server_cpu_ms_per_request_c32']:.2f} ms per "
+                 f"request served at c=32; load client "
+                 f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
+                 f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
+                 f"{runs['c32-small-httpx']['throughput_rps']:.1f} req/s).")
     summary = {"model": str(args.model), "settings": settings, "load_before": load_before,
                "load_after": load_after, "offline": offline, "offline_large": offline_large,
-               "runs": runs, "verdicts": [v.__dict__ for v in verdicts]}
+               "runs": runs, "cpu": cpu, "verdicts": [v.__dict__ for v in verdicts]}
     (out / "targets.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "targets.md").write_text("\n".join(table) + "\n")
     print(f"load average before {load_before}, after {load_after}")
