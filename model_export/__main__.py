@@ -1,0 +1,136 @@
+"""``python -m model_export {train,evaluate,export,annotate,inspect}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from model_export.architectures import ARCHITECTURES
+from model_export.datasets import DATASETS
+
+
+def _add_data_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    d = (lambda v: v) if defaults else (lambda v: None)
+    p.add_argument("--dataset", choices=DATASETS, default=d("shapes"), help="dataset (%(default)s)")
+    p.add_argument("--data-root", type=Path, help="dataset folder (voc, folder)")
+    p.add_argument("--data-seed", type=int, default=d(0), help="shapes: scene stream (%(default)s)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export",
+        description="Train, evaluate and export segmentation models as self-describing ONNX.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a model; checkpoints go to --run-dir",
+        description="Train with cross-entropy (255 ignored), a poly LR decay, "
+        "val mIoU after each epoch, best.pt (by mIoU) and last.pt checkpoints.",
+    )
+    p.add_argument("--name", default="shapes-fcn", help="model name (%(default)s)")
+    p.add_argument("--architecture", choices=ARCHITECTURES, default="mobile-fcn")
+    p.add_argument("--width", type=int, help="channel width (default: the architecture's)")
+    _add_data_args(p, defaults=True)
+    p.add_argument("--train-length", type=int, help="shapes: scenes in the train split (2000)")
+    p.add_argument("--val-length", type=int, help="shapes: scenes in the val split (200)")
+    p.add_argument("--input-size", type=int, default=192, help="square input side (%(default)s)")
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        help="square training crops (default: the input size); smaller is cheaper",
+    )
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (%(default)s)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--no-augment", action="store_true", help="no random scale/crop/flip")
+    p.add_argument("--seed", type=int, default=0, help="training seed (%(default)s)")
+    p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="PyTorch CPU threads (default: one per core); 1 copes best with a busy, "
+        "shared machine",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+
+    p = sub.add_parser(
+        "evaluate",
+        help="mIoU, per-class IoU and pixel accuracy of a checkpoint "
+        "or an ONNX file, preprocessed exactly as the service does",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, help="a .pt checkpoint from `train`")
+    which.add_argument("--onnx", type=Path, help="an ONNX model with a card")
+    _add_data_args(p, defaults=False)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--length", type=int, help="shapes: scenes to evaluate (500 for test)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX with a parity check and card")
+    p.add_argument("checkpoint", type=Path, help="a .pt checkpoint from `train` (best.pt)")
+    p.add_argument("--out", type=Path, help="default models/NAME/1/model.onnx")
+    p.add_argument("--name", help="model name in the card (default: the checkpoint's)")
+    p.add_argument("--description", default="")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights and input")
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="fold the argmax into the graph: uint8 (N, H, W) labels out",
+    )
+    p.add_argument("--static-size", action="store_true", help="fix H and W (batch stays dynamic)")
+    p.add_argument(
+        "--max-logit-diff",
+        type=float,
+        help="parity limit on max |ONNX - PyTorch| logit (1e-4 fp32, 5e-2 fp16)",
+    )
+    p.add_argument(
+        "--eval-split",
+        default="test",
+        choices=("val", "test", "none"),
+        help="split whose scores go into the card (%(default)s); scored with ONNX "
+        "Runtime on the exported file",
+    )
+
+    p = sub.add_parser("annotate", help="add or replace the card of an ONNX model made elsewhere")
+    p.add_argument("model", type=Path)
+    p.add_argument("--out", type=Path, help="write here instead of in place")
+    p.add_argument("--card", type=Path, help="a card as JSON; the options below are then ignored")
+    p.add_argument("--name", help="model name ([A-Za-z0-9._-])")
+    p.add_argument("--labels", help="class labels in id order, comma-separated, background first")
+    p.add_argument("--input-size", help="HxW the model expects, e.g. 512x512")
+    p.add_argument("--mean", default="0.485,0.456,0.406", help="per-channel mean (%(default)s)")
+    p.add_argument("--std", default="0.229,0.224,0.225", help="per-channel std (%(default)s)")
+    p.add_argument("--architecture", default="unknown")
+    p.add_argument("--dataset", default="unknown")
+    p.add_argument("--description", default="")
+
+    p = sub.add_parser("inspect", help="print a model's I/O signature and card")
+    p.add_argument("model", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("model_export").setLevel(logging.INFO)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
+    from model_export import commands  # torch loads only once the arguments are valid
+
+    try:
+        return getattr(commands, args.command)(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Building blocks shared by the architectures."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def bilinear_kernel(channels: int, kernel: int) -> torch.Tensor:
+    """(channels, channels, k, k) weights that make a transposed conv a bilinear upsampler:
+    a separable tent per channel, none across channels (Long et al., Sec. 3.3)."""
+    factor = (kernel + 1) // 2
+    centre = factor - 1 if kernel % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel, dtype=torch.float32)
+    tent = 1 - (og - centre).abs() / factor
+    weight = torch.zeros(channels, channels, kernel, kernel)
+    weight[range(channels), range(channels)] = tent[:, None] * tent[None, :]
+    return weight
+
+
+class Upsample(nn.ConvTranspose2d):
+    """Learnable ×``factor`` upsampling initialised to bilinear interpolation.
+    kernel 2f, stride f, padding f/2 maps an (h, w) map to exactly (f·h, f·w)."""
+
+    def __init__(self, channels: int, factor: int) -> None:
+        super().__init__(
+            channels, channels, 2 * factor, stride=factor, padding=factor // 2, bias=False
+        )
+        with torch.no_grad():
+            self.weight.copy_(bilinear_kernel(channels, 2 * factor))
+
+
+class PadToMultiple(nn.Module):
+    """Wraps a network whose strides need H and W divisible by ``multiple``: zero-pads the input
+    (zero is the mean colour after normalisation) on the bottom/right, crops the output back."""
+
+    def __init__(self, net: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.net = net
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h = (self.multiple - h % self.multiple) % self.multiple
+        pad_w = (self.multiple - w % self.multiple) % self.multiple
+        y = self.net(F.pad(x, (0, pad_w, 0, pad_h)))
+        return y[..., :h, :w]

@@ -1,0 +1,99 @@
+"""Building model cards from checkpoints, and reading/writing them in ONNX files."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from datetime import UTC, datetime
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from model_export.architectures import ARCHITECTURES
+from model_export.checkpoint import Checkpoint
+from model_export.datasets import colours_for
+from model_export.metrics import Scores
+from service.model_card import ClassInfo, ModelCard, TrainingCard
+
+_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def card_from_checkpoint(
+    checkpoint: Checkpoint,
+    *,
+    name: str | None = None,
+    description: str = "",
+    checkpoint_sha256: str | None = None,
+) -> ModelCard:
+    """The card for an export of ``checkpoint``, before the exported file is scored."""
+    config = checkpoint.config
+    colours = colours_for(checkpoint.classes)
+    classes = [
+        ClassInfo(id=i, label=label, color=colours[i]) for i, label in enumerate(checkpoint.classes)
+    ]
+    training = TrainingCard(
+        architecture=config.architecture,
+        backbone=ARCHITECTURES[config.architecture].backbone,
+        dataset=config.dataset,
+        seed=config.seed,
+        epochs=checkpoint.epoch,
+        val_miou=round(checkpoint.best_miou, 4),
+        library_versions=library_versions(),
+        export_time=datetime.now(UTC).isoformat(timespec="seconds"),
+        checkpoint_sha256=checkpoint_sha256,
+        # Extra provenance (TrainingCard allows extra fields): enough to retrain and to rebuild
+        # the synthetic test split this card's scores came from.
+        width=config.width or ARCHITECTURES[config.architecture].default_width,
+        data_seed=config.data_seed,
+        scene_size=config.input_size,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        train_seconds=round(sum(r.get("seconds", 0.0) for r in checkpoint.history)),
+    )
+    return ModelCard(
+        name=name or config.name,
+        description=description,
+        classes=classes,
+        input=config.input_spec(),
+        training=training,
+    )
+
+
+def with_scores(card: ModelCard, scores: Scores, split: str, images: int) -> ModelCard:
+    """``card`` with the scores of the exported file on ``split``; mIoU lands in ``test_miou``
+    only when the split really is held out (a VOC-style dataset is scored on ``val``)."""
+    assert card.training is not None
+    update: dict[str, object] = {
+        "pixel_accuracy": round(scores.pixel_accuracy, 4),
+        "per_class_iou": {k: round(v, 4) for k, v in scores.per_class_iou.items()},
+        "scored_on": f"{split} split, {images} images, ONNX Runtime",
+    }
+    if split == "test":
+        update["test_miou"] = round(scores.miou, 4)
+    else:
+        update["val_miou"] = round(scores.miou, 4)
+    return card.model_copy(update={"training": card.training.model_copy(update=update)})
+
+
+def read_card(path: Path) -> ModelCard:
+    model = onnx.load(str(path), load_external_data=False)
+    return ModelCard.from_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def write_card(path: Path, card: ModelCard, out: Path | None = None) -> None:
+    """Replace the card in ``path`` (keeping any other metadata), saving to ``out`` or in place."""
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props} | card.to_metadata()
+    helper.set_model_props(model, props)
+    onnx.save(model, str(out or path))

@@ -1,0 +1,184 @@
+"""The CLI's subcommands: argparse namespaces in, work done by the library modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from model_export.annotate import annotate as annotate_model
+from model_export.annotate import signature
+from model_export.card import card_from_checkpoint, read_card, with_scores, write_card
+from model_export.checkpoint import Checkpoint, TrainConfig, sha256
+from model_export.datasets import SegmentationDataset, open_dataset
+from model_export.evaluate import evaluate as score
+from model_export.evaluate import onnx_predictor, onnx_session, torch_predictor
+from model_export.export import PARITY, Tolerance
+from model_export.export import export as export_model
+from model_export.train import train as train_model
+from service.model_card import InputSpec, ModelCard, TrainingCard
+
+
+def train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        name=args.name,
+        architecture=args.architecture,
+        width=args.width,
+        dataset=args.dataset,
+        data_root=str(args.data_root) if args.data_root else None,
+        data_seed=args.data_seed,
+        train_length=args.train_length,
+        val_length=args.val_length,
+        input_size=args.input_size,
+        crop_size=args.crop_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        augment=not args.no_augment,
+        seed=args.seed,
+        run_dir=str(args.run_dir or Path("runs") / args.name),
+        device=args.device,
+        workers=args.workers,
+        threads=args.threads,
+    )
+    best = train_model(config, resume=args.resume)
+    print(f"best val mIoU {best.best_miou:.4f} at epoch {best.epoch}: {config.run_dir}/best.pt")
+    return 0
+
+
+def _dataset(
+    args: argparse.Namespace, split: str, *, dataset: str, seed: int, size: int, length=None
+) -> SegmentationDataset:
+    return open_dataset(
+        args.dataset or dataset,
+        split,  # type: ignore[arg-type]
+        root=args.data_root,
+        seed=args.data_seed if args.data_seed is not None else seed,
+        size=size,
+        length=length,
+    )
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        checkpoint = Checkpoint.load(args.checkpoint)
+        config = checkpoint.config
+        spec = config.input_spec()
+        predict = torch_predictor(checkpoint.build())
+        dataset, seed, size = config.dataset, config.data_seed, config.input_size
+    else:
+        card = read_card(args.onnx)
+        spec = card.input
+        predict = onnx_predictor(onnx_session(args.onnx, args.threads))
+        extra = card.training.model_extra if card.training else {}
+        dataset = card.training.dataset if card.training else "shapes"
+        seed, size = (extra or {}).get("data_seed", 0), (extra or {}).get("scene_size", spec.height)
+    data = _dataset(args, args.split, dataset=dataset, seed=seed, size=size, length=args.length)
+    scores = score(predict, data, spec, progress=True)
+    print(f"{data.name} {args.split} ({len(data)} images)\n{scores.table()}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    checkpoint = Checkpoint.load(args.checkpoint)
+    config = checkpoint.config
+    name = args.name or config.name
+    out = args.out or Path("models") / name / "1" / "model.onnx"
+    card = card_from_checkpoint(
+        checkpoint,
+        name=name,
+        description=args.description,
+        checkpoint_sha256=sha256(args.checkpoint),
+    )
+    parity = export_model(
+        checkpoint.build(),
+        card,
+        out,
+        fp16=args.fp16,
+        labels=args.labels,
+        dynamic_size=not args.static_size,
+        tolerance=_tolerance(args),
+    )
+    print(
+        f"wrote {out}: max |Δlogit| {parity.max_abs_logit:.2e}, "
+        f"argmax agreement {parity.argmax_agreement:.5f}"
+    )
+    if args.eval_split == "none":
+        return 0
+    # Score the file that will be served, in ONNX Runtime, and record that in its card.
+    split = args.eval_split
+    if config.dataset != "shapes" and split == "test":
+        split = "val"  # VOC-style datasets publish no test masks
+    data = open_dataset(
+        config.dataset,
+        split,
+        root=Path(config.data_root) if config.data_root else None,
+        seed=config.data_seed,
+        size=config.input_size,
+    )
+    written = read_card(out)
+    scores = score(onnx_predictor(onnx_session(out)), data, written.input, progress=True)
+    write_card(out, with_scores(written, scores, split, len(data)))
+    print(f"{data.name} {split} ({len(data)} images), ONNX Runtime\n{scores.table()}")
+    return 0
+
+
+def _tolerance(args: argparse.Namespace) -> Tolerance | None:
+    if args.max_logit_diff is None:
+        return None
+    default = PARITY["fp16" if args.fp16 else "fp32"]
+    return Tolerance(args.max_logit_diff, default.min_argmax_agreement)
+
+
+def annotate(args: argparse.Namespace) -> int:
+    if args.card:
+        card = ModelCard.model_validate_json(args.card.read_text())
+    else:
+        missing = [o for o in ("name", "labels", "input_size") if getattr(args, o) is None]
+        if missing:
+            raise ValueError(
+                "annotate needs --card, or all of: "
+                + ", ".join("--" + m.replace("_", "-") for m in missing)
+            )
+        height, width = _size(args.input_size)
+        card = ModelCard.with_default_colors(
+            [label.strip() for label in args.labels.split(",")],
+            name=args.name,
+            description=args.description,
+            input=InputSpec(
+                height=height, width=width, mean=_triple(args.mean), std=_triple(args.std)
+            ),
+            training=TrainingCard(architecture=args.architecture, dataset=args.dataset),
+        )
+    written = annotate_model(args.model, card, args.out)
+    print(
+        f"annotated {args.out or args.model}: {written.num_classes} classes, "
+        f"{written.input.height}x{written.input.width} {written.input.dtype}, "
+        f"{written.output.kind}"
+    )
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    import onnx
+
+    print(signature(onnx.load(str(args.model), load_external_data=False)))
+    print(json.dumps(read_card(args.model).model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input-size must look like 512x512, not {text!r}") from None
+    return h, w
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 3:
+        raise ValueError(f"expected three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]

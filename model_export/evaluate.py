@@ -1,0 +1,86 @@
+"""Evaluate a model on a dataset split exactly as the service would run it.
+
+Every image goes through the service's own preprocessing (``service.imaging.prepare``: stretch
+to the model's input size, normalise) and every predicted mask through its own resize back
+(``service.masks.resize_labels``), so the scores describe what clients get. The model is anything
+that maps a float (N, 3, H, W) batch to uint8 (N, H, W) labels: a PyTorch module or an ONNX
+Runtime session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from model_export.datasets import SegmentationDataset
+from model_export.metrics import ConfusionMatrix, Scores
+from service.imaging import prepare
+from service.masks import resize_labels
+from service.model_card import InputSpec
+
+Predict = Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) float -> (N, H, W) uint8
+
+
+def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") -> Predict:
+    model = model.eval()
+
+    @torch.inference_mode()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(device, torch.float32)
+        return model(x).argmax(1).to(torch.uint8).cpu().numpy()
+
+    return predict
+
+
+def onnx_session(path: Path | str, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(session: ort.InferenceSession) -> Predict:
+    """Runs the session; takes the argmax unless the graph already outputs uint8 labels."""
+    input_name = session.get_inputs()[0].name
+    input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        (out,) = session.run(None, {input_name: batch.astype(input_type, copy=False)})
+        return out if out.dtype == np.uint8 else out.argmax(1).astype(np.uint8)
+
+    return predict
+
+
+def evaluate(
+    predict: Predict,
+    dataset: SegmentationDataset,
+    spec: InputSpec,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Scores:
+    confusion = ConfusionMatrix(dataset.classes)
+    for images, masks in tqdm(
+        _batches(dataset, batch_size),
+        total=-(-len(dataset) // batch_size),
+        desc=f"evaluate {dataset.name}",
+        disable=not progress,
+        leave=False,
+    ):
+        batch = np.stack([prepare(Image.fromarray(image), spec) for image in images])
+        for labels, truth in zip(predict(batch), masks, strict=True):
+            confusion.update(resize_labels(labels, (truth.shape[1], truth.shape[0])), truth)
+    return confusion.scores()
+
+
+def _batches(
+    dataset: SegmentationDataset, size: int
+) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    for start in range(0, len(dataset), size):
+        samples = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
+        yield [s[0] for s in samples], [s[1] for s in samples]

@@ -1,0 +1,178 @@
+"""Export a checkpoint to a self-describing ONNX file.
+
+``torch.onnx.export(..., dynamo=True)`` (the TorchScript exporter cannot express max-unpooling)
+with a dynamic batch dimension, and dynamic height/width unless asked otherwise. Before anything
+is written the file must reproduce PyTorch on fresh random inputs (see ``PARITY``); optional
+fp16 weights, and optional argmax folded into the graph (uint8 labels out, card
+``output.kind="labels"``). The model card goes into ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+from torch.export import Dim
+
+from service.model_card import ModelCard
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+LABELS_NAME = "labels"
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs_logit: float
+    min_argmax_agreement: float
+
+
+# fp16 rounds every activation to 11 significant bits: logits drift by ~1e-2, and only pixels
+# near a tie between two classes may flip.
+PARITY = {
+    "fp32": Tolerance(max_abs_logit=1e-4, min_argmax_agreement=0.999),
+    "fp16": Tolerance(max_abs_logit=5e-2, min_argmax_agreement=0.995),
+}
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_logit: float
+    argmax_agreement: float
+
+
+def export(
+    model: nn.Module,
+    card: ModelCard,
+    path: Path,
+    *,
+    fp16: bool = False,
+    labels: bool = False,
+    dynamic_size: bool = True,
+    tolerance: Tolerance | None = None,
+    parity_seed: int | None = None,
+) -> Parity:
+    """Export ``model`` with ``card`` to ``path``; raises ``ParityError`` (writing nothing) when
+    ONNX Runtime disagrees with PyTorch beyond ``tolerance`` (default ``PARITY`` for the
+    precision). ``card.input`` and ``card.output`` are set from the options here, so the card
+    always describes the file."""
+    model = model.eval().cpu()
+    h, w = card.input.height, card.input.width
+    # fp16: weights and activations in half precision, input and logits too.
+    proto = _to_onnx(copy.deepcopy(model).half() if fp16 else model, h, w, dynamic_size)
+    sizes = [(1, h, w), (3, h, w)]
+    if dynamic_size:
+        sizes.append((2, h + 8, w + 40))  # not a multiple of the stride: the pad/crop path
+    tolerance = tolerance or PARITY["fp16" if fp16 else "fp32"]
+    parity = check_parity(model, proto, sizes, tolerance=tolerance, seed=parity_seed)
+    if labels:
+        proto = fold_argmax(proto)
+    card = card.model_copy(
+        update={
+            "input": card.input.model_copy(update={"dtype": "float16" if fp16 else "float32"}),
+            "output": card.output.model_copy(update={"kind": "labels" if labels else "logits"}),
+            "training": card.training.model_copy(update={"precision": "fp16" if fp16 else "fp32"})
+            if card.training
+            else None,
+        }
+    )
+    helper.set_model_props(proto, card.to_metadata())
+    onnx.checker.check_model(proto)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, path)
+    return parity
+
+
+def _to_onnx(model: nn.Module, height: int, width: int, dynamic_size: bool) -> onnx.ModelProto:
+    dtype = next(model.parameters()).dtype
+    example = torch.zeros(2, 3, height, width, dtype=dtype)
+    dims: dict[int, Dim] = {0: Dim("batch")}
+    if dynamic_size:
+        dims |= {2: Dim("height"), 3: Dim("width")}
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[LOGITS_NAME],
+        dynamic_shapes=(dims,),
+        opset_version=OPSET,
+        verbose=False,
+    )
+    assert program is not None
+    proto = program.model_proto
+    # The exporter spells the cropped output size as a formula of the input's; every model here
+    # returns the input's batch, height and width (check_parity verifies it), so say so plainly.
+    (x,), (y,) = proto.graph.input, proto.graph.output
+    for axis in (0, 2, 3):
+        y.type.tensor_type.shape.dim[axis].CopyFrom(x.type.tensor_type.shape.dim[axis])
+    return proto
+
+
+def check_parity(
+    model: nn.Module,
+    proto: onnx.ModelProto,
+    shapes: list[tuple[int, int, int]],
+    *,
+    tolerance: Tolerance,
+    seed: int | None = None,
+) -> Parity:
+    """Compare ONNX Runtime with PyTorch (fp32) on fresh random batches of each (N, H, W) in
+    ``shapes``; several shapes also prove the dynamic dimensions really are dynamic."""
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    rng = np.random.default_rng(seed)
+    worst, agree, total = 0.0, 0, 0
+    for batch, height, width in shapes:
+        x = rng.standard_normal((batch, 3, height, width), dtype=np.float32)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        (got,) = session.run(None, {INPUT_NAME: x.astype(input_type)})
+        if got.shape != expected.shape:
+            raise ParityError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
+        got = got.astype(np.float32)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+        total += batch * height * width
+    parity = Parity(max_abs_logit=worst, argmax_agreement=agree / total)
+    log.info("parity: max |Δlogit| %.2e, argmax agreement %.5f", worst, parity.argmax_agreement)
+    if worst > tolerance.max_abs_logit or parity.argmax_agreement < tolerance.min_argmax_agreement:
+        raise ParityError(
+            f"exported model disagrees with PyTorch: max |Δlogit| {worst:.3g} "
+            f"(limit {tolerance.max_abs_logit:g}), argmax agreement "
+            f"{parity.argmax_agreement:.5f} (minimum {tolerance.min_argmax_agreement})"
+        )
+    return parity
+
+
+def fold_argmax(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Append ArgMax over the class axis and a cast to uint8: the graph then returns (N, H, W)
+    labels, 1/C of the logits' bytes (1/4C in fp32) to copy out of the session."""
+    graph = proto.graph
+    (logits,) = graph.output
+    dims = [d for d in logits.type.tensor_type.shape.dim]
+    graph.node.extend(
+        [
+            helper.make_node("ArgMax", [logits.name], ["argmax"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["argmax"], [LABELS_NAME], to=TensorProto.UINT8),
+        ]
+    )
+    shape = [d.dim_param or d.dim_value for i, d in enumerate(dims) if i != 1]
+    graph.ClearField("output")
+    graph.output.append(helper.make_tensor_value_info(LABELS_NAME, TensorProto.UINT8, shape))
+    return proto
