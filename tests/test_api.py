@@ -389,6 +389,45 @@ def test_concurrent_requests_each_get_their_own_answer(
     assert single < batches
 
 
+def test_concurrent_requests_across_models_with_a_session_pool(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """Two sessions per model, batches of at most 4, three model versions at once: every
+    request still gets exactly the answer of its own model for its own image."""
+    env = {
+        "SEGSERVE_MODEL_REPOSITORY": str(tiny_repo),
+        "SEGSERVE_SESSIONS": "2",
+        "SEGSERVE_MAX_BATCH_SIZE": "4",
+        "SEGSERVE_MAX_BATCH_DELAY_MS": "20",
+        "SEGSERVE_BATCH_EAGER": "false",
+    }
+    targets = [("tiny", 1), ("tiny", 2), ("tiny-b", 1)]
+    work = [(scene(200 + i, 50 + 3 * i, 60), targets[i % 3]) for i in range(36)]
+
+    def send(client: httpx.Client, image: Image.Image, target: tuple[str, int]) -> np.ndarray:
+        params = {"model": target[0], "version": str(target[1])}
+        response = segment(client, encoded(image), params=params)
+        assert response.status_code == 200
+        assert response.headers["x-model"] == target[0]
+        assert response.headers["x-model-version"] == str(target[1])
+        return png_labels(response)
+
+    with (
+        running_server(env, tmp_path / "server.log") as srv,
+        srv.client(limits=httpx.Limits(max_connections=36)) as shared,
+        ThreadPoolExecutor(36) as pool,
+    ):
+        answers = list(pool.map(lambda job: send(shared, *job), work))
+        sizes = [
+            (dict(labels)["model"], value)
+            for (name, labels), value in metric_samples(shared).items()
+            if name == "segserve_batch_size_count"
+        ]
+    for (image, target), answer in zip(work, answers, strict=True):
+        np.testing.assert_array_equal(answer, expected_mask(image, SIZES[target]))
+    assert sum(value for _, value in sizes) < 36  # batched
+
+
 def _batch_counts(client: httpx.Client) -> tuple[float, float]:
     """(batches run, batches of one image) for tiny v2."""
     labels = {"model": "tiny", "version": "2"}
