@@ -49,7 +49,7 @@ request_id_var: ContextVar[str] = ContextVar("segserve_request_id", default="-")
 
 
 def install_security(app: FastAPI, settings: Settings) -> None:
-    """Wire authentication, CORS and request ids into ``app`` according to ``settings``."""
+    """Wire the body budget, API keys, CORS and request ids into ``app`` per ``settings``."""
     # add_middleware wraps what is already there: the last one added is the outermost.
     app.add_middleware(
         BodyBudgetMiddleware,
