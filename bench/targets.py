@@ -6,7 +6,8 @@
 1. throughput at concurrency 32 >= 0.90 x the offline limit (``bench.offline``, same threads);
 2. p50 latency at concurrency 1 <= the offline single-image latency + 3 ms;
 3. a 4000x3000 JPEG costs <= 2x a 640x480 one end to end (p50 at concurrency 1);
-4. server RSS after 10,000 requests within 10% of RSS after the first 1,000 (fresh server).
+4. server RSS after 10,000 requests within 10% of RSS after the first 1,000 (fresh server);
+plus open-loop (Poisson) latency at 50, 70 and 90 % of the c=32 throughput, for capacity plans.
 
 Each load level runs ``bench.loadtest`` in its own process (its CPU use is reported), with the
 raw HTTP/1.1 client by default (httpx costs ~0.9 ms CPU per request, ~10% of 2 cores at c=32:
@@ -27,6 +28,7 @@ from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL, ROOT, serve
 
 RESULTS = ROOT / "bench" / "results"
+OPEN_LOOP_SHARES = (0.5, 0.7, 0.9)  # of the closed-loop c=32 throughput
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
                                    *duration, *extra)
             print(f"{name}: {runs[name]['throughput_rps']:.1f} req/s, "
                   f"p50 {runs[name]['latency_ms']['p50']:.2f} ms", flush=True)
+        # Open loop (Poisson arrivals) below saturation: the latency a capacity plan can promise.
+        for share in OPEN_LOOP_SHARES:
+            rate = round(share * runs["c32-small"]["throughput_rps"], 1)
+            runs[f"open-{share:.0%}"] = _loadtest(server.base_url, server.pid,
+                                                  out / f"open-{share:.0%}.json", *duration,
+                                                  "--rate", str(rate))
     with serve("segserve", args.model, tmp / "targets-memory.log", settings) as server:
         every = max(1, args.memory_requests // 10)
         runs["memory"] = _loadtest(
@@ -129,6 +137,13 @@ def main(argv: list[str] | None = None) -> None:
                  f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
                  f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
                  f"{runs['c32-small-httpx']['throughput_rps']:.1f} req/s).")
+    table += ["", "| open loop (Poisson) | req/s offered | served | p50 ms | p99 ms |",
+              "|---|---|---|---|---|"]
+    for share in OPEN_LOOP_SHARES:
+        r = runs[f"open-{share:.0%}"]
+        table.append(f"| {share:.0%} of c=32 throughput | {r['rate']:g} | "
+                     f"{r['throughput_rps']:.1f} | {r['latency_ms']['p50']:.1f} | "
+                     f"{r['latency_ms']['p99']:.1f} |")
     summary = {"model": str(args.model), "settings": settings, "load_before": load_before,
                "load_after": load_after, "offline": offline, "offline_large": offline_large,
                "runs": runs, "cpu": cpu, "verdicts": [v.__dict__ for v in verdicts]}
