@@ -95,12 +95,12 @@ async def _segment(
     t0 = time.perf_counter()
     # png/rle only need the model's input size, so a big JPEG is decoded at a reduced scale.
     min_size = None if fmt is OutputFormat.overlay else (card.input.width, card.input.height)
+    deadline = access_record(request).arrived + settings.request_timeout_s
     with served.batcher.announce():  # the batcher may wait for this image, not for nothing
         decoded, x = await service.run_cpu(_decode, data, card, settings.max_pixels, min_size)
-    t1 = time.perf_counter()
-
-    deadline = access_record(request).arrived + settings.request_timeout_s
-    done = await unless_disconnected(request, served.batcher.submit(x, deadline=deadline))
+        t1 = time.perf_counter()
+        queued = served.batcher.enqueue(x, deadline=deadline)
+    done = await unless_disconnected(request, queued)
     if done is None:
         access_record(request).error_code = "client_closed"
         return Response(status_code=CLIENT_CLOSED)

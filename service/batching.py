@@ -5,13 +5,17 @@ Public API (everything else is private)::
     batcher = Batcher(run_batch, max_batch_size=8, max_delay_s=0.005, max_queue=256,
                       concurrency=1, name="shapes-fcn:1", wait_for_announced=False)
     await batcher.start()
-    with batcher.announce():  # optional: an item is being prepared (decoded) for submit
-        x = ...
     done = await batcher.submit(x, deadline=time.monotonic() + 30.0)  # -> Completed
     done.value, done.queued_s, done.run_s, done.batch_size
-    batcher.depth          # items waiting in the queue (not yet in a batch)
+    batcher.depth             # items waiting in the queue (not yet in a batch)
     batcher.check_capacity()  # raises Overloaded now if submit would (refuse before decoding)
-    await batcher.stop()   # refuse new items, finish every queued one, wait for running batches
+    await batcher.stop()      # refuse new items, finish every queued one, wait for the batches
+
+    # The server's way in: announce an item while preparing it, queue it without an await.
+    with batcher.announce():
+        x = prepare(...)
+        future = batcher.enqueue(x, deadline=...)  # queued on return; cancel() withdraws it
+    done = await future
 
 ``run_batch(batch) -> outputs`` is an async callable; ``batch`` is a view of a preallocated
 ``(n, *x.shape)`` array (valid only during the call) and ``outputs[i]`` is item i's answer.
@@ -23,8 +27,8 @@ Every item submitted gets exactly one outcome:
   taken into a batch; the waiter is answered at the deadline, not when a batch next forms;
 - ``InferenceFailed`` when ``run_batch`` raises: only that batch's items fail, the loop goes on;
 - ``NotReady`` when submitted after ``stop()`` began;
-- cancellation of the waiting ``submit`` call (client disconnected) removes the item from the
-  queue, so it frees its place and never runs.
+- cancellation of the waiting ``submit`` call or of ``enqueue``'s future (client disconnected)
+  removes the item from the queue, so it frees its place and never runs.
 
 A batch is started as soon as ``max_batch_size`` items are queued, or ``max_delay_s`` after its
 first item *arrived* (an item that already waited for a busy session is not held back further).
@@ -108,7 +112,7 @@ class Batcher:
 
     @contextlib.contextmanager
     def announce(self) -> Iterator[None]:
-        """Mark an item as on its way while the caller prepares it; submit right after the block.
+        """Mark an item as on its way while the caller prepares it; ``enqueue`` it in the block.
 
         Only counts what is announced; with ``wait_for_announced`` a batch waits for these (up to
         ``max_delay_s``) and for nothing else."""
@@ -135,6 +139,11 @@ class Batcher:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def submit(self, x: np.ndarray, *, deadline: float) -> Completed:
+        return await self.enqueue(x, deadline=deadline)
+
+    def enqueue(self, x: np.ndarray, *, deadline: float) -> asyncio.Future[Completed]:
+        """``submit`` without waiting: the item is queued when this returns (no await between,
+        which ``announce`` relies on); cancelling the future withdraws the item."""
         if self._stopping or self._loop_task is None:
             raise NotReady(f"model {self.name} is not accepting requests (stopped or not started)")
         self._check_layout(x)
@@ -142,13 +151,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Item(x, deadline, time.monotonic(), loop.create_future())
         item.expiry = loop.call_at(_to_loop_time(loop, deadline), self._expire, item)
+        item.future.add_done_callback(
+            lambda done: self._discard(item) if done.cancelled() else None
+        )
         self._queue.append(item)
         self._arrival.set()
-        try:
-            return await item.future
-        except asyncio.CancelledError:
-            self._discard(item)
-            raise
+        return item.future
 
     def check_capacity(self) -> None:
         """Raise Overloaded when the queue is full: lets a caller refuse before costly work."""

@@ -321,3 +321,24 @@ def test_an_announced_item_that_fails_to_come_releases_the_batch() -> None:
         await batcher.stop()
 
     run(scenario)
+
+
+def test_enqueue_queues_at_once_and_a_cancelled_future_withdraws_the_item() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        recorder.release.clear()
+        batcher = await started(recorder, max_batch_size=4, max_delay_s=0)
+        running = batcher.enqueue(item(0), deadline=later())
+        await settle()  # item 0 is running; the session is busy
+        withdrawn = batcher.enqueue(item(1), deadline=later())
+        kept = batcher.enqueue(item(2), deadline=later())
+        assert batcher.depth == 2  # queued on return, no await needed
+        withdrawn.cancel()
+        await settle()
+        assert batcher.depth == 1
+        recorder.release.set()
+        assert [int((await f).value[0]) for f in (running, kept)] == [1000, 1002]
+        assert recorder.batches == [[0], [2]]
+        await batcher.stop()
+
+    run(scenario)
