@@ -8,7 +8,7 @@ decode + prepare (worker thread) -> the model's batcher -> labels resized back a
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import orjson
@@ -27,6 +27,15 @@ from service.protocol import (
     negotiate,
     read_body,
     unless_disconnected,
+)
+from service.schemas import (
+    Batching,
+    InputInfo,
+    ModelInfo,
+    ModelList,
+    Normalization,
+    Status,
+    VersionInfo,
 )
 
 if TYPE_CHECKING:
@@ -157,13 +166,13 @@ def _encode(
 
 # -- models, health, metrics --------------------------------------------------------------------
 @router.get("/models", summary="All served models", tags=["models"])
-async def list_models(request: Request) -> dict[str, Any]:
+async def list_models(request: Request) -> ModelList:
     service: Service = request.app.state.service
     _require_loaded(service)
-    return {
-        "default": service.repository.default,
-        "models": [_describe(service, name) for name in service.repository.versions],
-    }
+    return ModelList(
+        default=service.repository.default,
+        models=[_describe(service, name) for name in service.repository.versions],
+    )
 
 
 @router.get(
@@ -174,7 +183,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 )
 async def get_model(
     request: Request, name: Annotated[str, Path(description="model name")]
-) -> dict[str, Any]:
+) -> ModelInfo:
     service: Service = request.app.state.service
     if name not in service.repository.versions:
         raise ModelNotFound(
@@ -189,48 +198,42 @@ def _require_loaded(service: Service) -> None:
         raise NotReady("models are still loading")
 
 
-def _describe(service: Service, name: str) -> dict[str, Any]:
+def _describe(service: Service, name: str) -> ModelInfo:
     settings = service.settings
     versions = []
     for ref in service.repository.versions[name].values():
         served = service.models[ref.key]
         card = served.card
         versions.append(
-            {
-                "version": ref.version,
-                "description": card.description,
-                "classes": [c.model_dump() for c in card.classes],
-                "input": card.input.model_dump(
-                    include={"height", "width", "layout", "channels", "dtype", "resize"}
-                ),
-                "normalization": {
-                    "mean": card.input.mean,
-                    "std": card.input.std,
-                    "formula": "(pixel / 255 - mean) / std",
-                },
-                "output": card.output.kind,
-                "provider": served.pool.provider,
-                "sessions": served.pool.size,
-                "training": card.training.model_dump() if card.training else None,
-            }
+            VersionInfo(
+                version=ref.version,
+                description=card.description,
+                classes=card.classes,
+                input=InputInfo.model_validate(card.input, from_attributes=True),
+                normalization=Normalization(mean=card.input.mean, std=card.input.std),
+                output=card.output.kind,
+                provider=served.pool.provider,
+                sessions=served.pool.size,
+                training=card.training,
+            )
         )
-    return {
-        "name": name,
-        "default": name == service.repository.default,
-        "latest_version": service.repository.latest(name).version,
-        "versions": versions,
-        "batching": {
-            "max_batch_size": settings.max_batch_size,
-            "max_batch_delay_ms": settings.max_batch_delay_ms,
-            "max_queue": settings.max_queue,
-            "request_timeout_ms": settings.request_timeout_ms,
-        },
-    }
+    return ModelInfo(
+        name=name,
+        default=name == service.repository.default,
+        latest_version=service.repository.latest(name).version,
+        versions=versions,
+        batching=Batching(
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            max_queue=settings.max_queue,
+            request_timeout_ms=settings.request_timeout_ms,
+        ),
+    )
 
 
 @router.get("/healthz", summary="Liveness: 200 while the process runs", tags=["health"])
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Status:
+    return Status(status="ok")
 
 
 @router.get(
@@ -239,11 +242,11 @@ async def healthz() -> dict[str, str]:
     tags=["health"],
     responses={503: problem_doc("`not_ready`: loading or draining")},
 )
-async def readyz(request: Request) -> dict[str, str]:
+async def readyz(request: Request) -> Status:
     service: Service = request.app.state.service
     if not service.ready:
         raise NotReady("draining" if service.draining else "models are still loading")
-    return {"status": "ready"}
+    return Status(status="ready")
 
 
 @router.get(

@@ -6,39 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from service.errors import PROBLEM_MEDIA_TYPE
 from service.protocol import MULTIPART, RAW_MEDIA_TYPES
-
-
-class Rle(BaseModel):
-    size: tuple[int, int]
-    counts: str
-
-
-class ClassMask(BaseModel):
-    class_id: int
-    label: str
-    color: tuple[int, int, int]
-    area: int
-    rle: Rle
-
-
-class RleResult(BaseModel):
-    model: str
-    version: int
-    width: int
-    height: int
-    masks: list[ClassMask]
-
-
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
+from service.schemas import Problem, RleResult
 
 
 def problem_doc(description: str) -> dict[str, Any]:
