@@ -3,8 +3,9 @@
 Every example drives a real ``Batcher`` on a real event loop. ``run_batch`` is a real function
 whose output identifies its input (each row's answer is the id written into that row), so a
 mixed-up answer cannot go unnoticed; a batch holding a "poison" id fails, as an inference error
-would. The log of events (submissions, batch starts, cancellations) is totally ordered by a
-counter, which is exact on a single-threaded event loop.
+would. Clients come in both ways the batcher offers: ``submit``, and the server's
+``announce`` → prepare → ``enqueue``. The log of events (queueing, batch starts,
+cancellations) is totally ordered by a counter, which is exact on a single-threaded event loop.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Request:
     deadline_ms: float  # relative to its submission
     cancel_after_ms: float | None  # the client goes away this long after submitting
     poison: bool
+    # None: ``submit``. Else the server's way in: ``announce``, prepare this long, ``enqueue``.
+    prepare_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,14 @@ class Config:
     max_queue: int
     concurrency: int
     run_ms: float  # how long one batch "infers"
+    wait_for_announced: bool
 
 
 @dataclass
 class Log:
     clock: int = 0
     batches: list[tuple[int, list[int]]] = field(default_factory=list)  # (start tick, ids)
+    enqueued: dict[int, int] = field(default_factory=dict)  # id -> tick it entered the queue
     failed_batches: set[int] = field(default_factory=set)  # indexes into batches
 
     def tick(self) -> int:
@@ -55,7 +60,6 @@ class Log:
 @dataclass
 class Outcome:
     request_id: int
-    depth_at_submit: int
     submitted_at: float
     deadline: float
     kind: str = "pending"  # completed | overloaded | deadline | failed | cancelled
@@ -63,6 +67,7 @@ class Outcome:
     batch_size: int | None = None
     answered_at: float | None = None
     cancelled_tick: int | None = None
+    depth_at_submit: int | None = None  # the queue depth the admission check saw, if reached
 
 
 def _item(request_id: int, poison: bool) -> np.ndarray:
@@ -92,24 +97,33 @@ async def _scenario(config: Config, requests: list[Request]) -> tuple[Log, list[
         max_queue=config.max_queue,
         concurrency=config.concurrency,
         name="property",
+        wait_for_announced=config.wait_for_announced,
     )
     await batcher.start()
     outcomes: list[Outcome] = []
     tasks: list[asyncio.Task[None]] = []
 
     async def client(request_id: int, request: Request) -> None:
-        outcome = Outcome(
-            request_id,
-            batcher.depth,
-            time.monotonic(),
-            time.monotonic() + request.deadline_ms / 1000,
-        )
+        now = time.monotonic()
+        outcome = Outcome(request_id, now, now + request.deadline_ms / 1000)
         outcomes.append(outcome)
+        x = _item(request_id, request.poison)
+
+        def admit() -> None:  # the depth the admission check sees, and the queue order
+            outcome.depth_at_submit = batcher.depth
+            if batcher.depth < config.max_queue:
+                log.enqueued[request_id] = log.tick()
+
         try:
-            # submit() checks the queue before its first await, so depth_at_submit is exact.
-            done: Completed = await batcher.submit(
-                _item(request_id, request.poison), deadline=outcome.deadline
-            )
+            if request.prepare_ms is None:
+                admit()  # submit() checks the queue before its first await: this is exact
+                done: Completed = await batcher.submit(x, deadline=outcome.deadline)
+            else:
+                with batcher.announce():
+                    await asyncio.sleep(request.prepare_ms / 1000)  # decoding, in a thread
+                    admit()
+                    future = batcher.enqueue(x, deadline=outcome.deadline)
+                done = await future
             outcome.kind, outcome.value = "completed", done.value
             outcome.batch_size = done.batch_size
         except Overloaded:
@@ -148,6 +162,7 @@ configs = st.builds(
     max_queue=st.integers(1, 10),
     concurrency=st.integers(1, 3),
     run_ms=st.sampled_from([0.0, 1.0, 4.0]),
+    wait_for_announced=st.booleans(),
 )
 request_lists = st.lists(
     st.builds(
@@ -156,6 +171,7 @@ request_lists = st.lists(
         deadline_ms=st.sampled_from([1.0, 5.0, 20.0, 10_000.0]),
         cancel_after_ms=st.none() | st.sampled_from([0.0, 1.0, 5.0]),
         poison=st.integers(0, 9).map(lambda n: n == 0),  # one batch in a few fails
+        prepare_ms=st.none() | st.sampled_from([0.0, 1.0, 3.0]),
     ),
     min_size=1,
     max_size=24,
@@ -176,7 +192,8 @@ def test_every_request_gets_exactly_its_own_answer_or_a_typed_refusal(
 
     for index, (_, ids) in enumerate(log.batches):
         assert 1 <= len(ids) <= config.max_batch_size
-        assert ids == sorted(ids), "a batch is not in submission (FIFO) order"
+        queued = [log.enqueued[i] for i in ids]
+        assert queued == sorted(queued), "a batch is not in queue (FIFO) order"
         poisoned = any(requests[i].poison for i in ids)
         assert (index in log.failed_batches) == poisoned
 
@@ -203,5 +220,5 @@ def test_every_request_gets_exactly_its_own_answer_or_a_typed_refusal(
             # A client that left before its item was taken frees the slot: the item never runs.
             assert o.cancelled_tick is not None
             assert log.batches[batch][0] < o.cancelled_tick
-        if o.kind != "overloaded":
+        if o.kind != "overloaded" and o.depth_at_submit is not None:
             assert o.depth_at_submit < config.max_queue, "admitted past the queue bound"
