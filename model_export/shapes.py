@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SHAPE_CLASSES = ("background", "circle", "square", "triangle", "star")
 
+_MAX_OCCLUSION = 0.3  # a new object may hide at most this fraction of an earlier one
 _MIN_COLOUR_CONTRAST = 90  # L1 distance (0..765) between an object's colour and earlier ones
 
 
@@ -24,16 +25,28 @@ def render_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarr
     background_colour = _random_colour(rng)
     image = _texture(rng, size, background_colour, _random_colour(rng))
     mask = np.zeros((size, size), dtype=np.uint8)
+    instances = np.zeros((size, size), dtype=np.uint8)  # which object each pixel shows, 0 = none
     used = [background_colour]
-    for _ in range(int(rng.integers(1, 5))):
+    for instance in range(1, int(rng.integers(1, 5)) + 1):
         cls = int(rng.integers(1, len(SHAPE_CLASSES)))
         region = _shape_region(rng, cls, size)
+        if not _keeps_earlier_objects_visible(instances, region):
+            continue
         colour = _contrasting_colour(rng, used)
         used.append(colour)
         texture = _texture(rng, size, colour, _random_colour(rng))
         image[region] = texture[region]
         mask[region] = cls
+        instances[region] = instance
     return _degrade(rng, image), mask
+
+
+def _keeps_earlier_objects_visible(instances: np.ndarray, region: np.ndarray) -> bool:
+    """Overlaps are allowed, but an object hidden beyond recognition has no defined shape."""
+    visible = np.bincount(instances.ravel(), minlength=256)
+    covered = np.bincount(instances[region], minlength=256)
+    earlier = visible[1:] > 0
+    return bool(np.all(covered[1:][earlier] <= _MAX_OCCLUSION * visible[1:][earlier]))
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
@@ -72,7 +85,7 @@ def _texture(rng: np.random.Generator, size: int, c1: np.ndarray, c2: np.ndarray
 
 def _shape_region(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     """Boolean (size, size) region of one shape of class ``cls``, randomly placed and rotated."""
-    radius = rng.uniform(0.11, 0.26) * size
+    radius = rng.uniform(0.13, 0.26) * size
     cx, cy = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     canvas = Image.new("L", (size, size), 0)
