@@ -40,6 +40,18 @@ typecheck: $(VENV)/.dev
 
 # The performance record (docs/PERFORMANCE.md): the four targets, the lever table and the
 # latency/throughput sweep against the naive baseline. About 10 minutes; run on a quiet machine.
+# The bundled default model, from fixed seeds: train a mobile FCN on synthetic Shapes (one CPU
+# thread, so a rerun reproduces the weights), export it with the parity check, score the exported
+# file on the held-out test split into its card, redraw the examples. See docs/MODEL.md.
+model: $(VENV)/.dev
+	$(BIN)/python -m model_export train --name shapes-fcn --architecture mobile-fcn --width 16 \
+		--input-size 128 --train-length 2000 --epochs 56 --seed 0 --threads 1 \
+		--run-dir runs/shapes-fcn
+	$(BIN)/python -m model_export export runs/shapes-fcn/best.pt \
+		--out models/shapes-fcn/1/model.onnx \
+		--description "Mobile FCN: circles, squares, triangles and stars in synthetic Shapes scenes"
+	$(BIN)/python examples/generate.py
+
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.targets
 	$(BIN)/python -m bench.levers --json bench/results/levers.json

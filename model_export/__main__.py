@@ -32,22 +32,33 @@ def _parser() -> argparse.ArgumentParser:
         "val mIoU after each epoch, best.pt (by mIoU) and last.pt checkpoints.",
     )
     p.add_argument("--name", default="shapes-fcn", help="model name (%(default)s)")
-    p.add_argument("--architecture", choices=ARCHITECTURES, default="mobile-fcn")
+    p.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default="mobile-fcn",
+        metavar="NAME",
+        help=f"one of {', '.join(ARCHITECTURES)} (%(default)s)",
+    )
     p.add_argument("--width", type=int, help="channel width (default: the architecture's)")
     _add_data_args(p, defaults=True)
     p.add_argument("--train-length", type=int, help="shapes: scenes in the train split (2000)")
     p.add_argument("--val-length", type=int, help="shapes: scenes in the val split (200)")
-    p.add_argument("--input-size", type=int, default=192, help="square input side (%(default)s)")
+    p.add_argument("--input-size", type=int, default=128, help="square input side (%(default)s)")
     p.add_argument(
         "--crop-size",
         type=int,
         help="square training crops (default: the input size); smaller is cheaper",
     )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--epochs", type=int, default=20, help="(%(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="(%(default)s)")
+    p.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="both with a poly learning-rate decay (%(default)s)",
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (%(default)s)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="(%(default)s)")
     p.add_argument("--no-augment", action="store_true", help="no random scale/crop/flip")
     p.add_argument("--seed", type=int, default=0, help="training seed (%(default)s)")
     p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
@@ -115,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="print a model's I/O signature and card")
     p.add_argument("model", type=Path)
+    p.add_argument(
+        "--latency",
+        type=int,
+        metavar="RUNS",
+        help="also time RUNS forward passes in ONNX Runtime (after 10 warm-up runs)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for --latency")
+    p.add_argument("--batch", type=int, default=1, help="batch size for --latency")
     return parser
 
 

@@ -24,7 +24,7 @@ class TrainConfig:
     data_seed: int = 0  # which synthetic scenes (shapes only); the test split depends on it
     train_length: int | None = None  # shapes only: scenes in the train split
     val_length: int | None = None
-    input_size: int = 192  # square model input, pixels
+    input_size: int = 128  # square model input, pixels
     crop_size: int | None = None  # square training crops; None: the input size
     epochs: int = 20
     batch_size: int = 16

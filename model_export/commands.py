@@ -10,7 +10,7 @@ from model_export.annotate import annotate as annotate_model
 from model_export.annotate import signature
 from model_export.card import card_from_checkpoint, read_card, with_scores, write_card
 from model_export.checkpoint import Checkpoint, TrainConfig, sha256
-from model_export.datasets import SegmentationDataset, open_dataset
+from model_export.datasets import open_dataset
 from model_export.evaluate import evaluate as score
 from model_export.evaluate import onnx_predictor, onnx_session, torch_predictor
 from model_export.export import PARITY, Tolerance
@@ -48,34 +48,32 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset(
-    args: argparse.Namespace, split: str, *, dataset: str, seed: int, size: int, length=None
-) -> SegmentationDataset:
-    return open_dataset(
-        args.dataset or dataset,
-        split,  # type: ignore[arg-type]
-        root=args.data_root,
-        seed=args.data_seed if args.data_seed is not None else seed,
-        size=size,
-        length=length,
-    )
-
-
 def evaluate(args: argparse.Namespace) -> int:
+    # Where the data comes from defaults to what the model was trained on (the checkpoint's
+    # config, or the card's provenance); the command line overrides any part of it.
     if args.checkpoint:
         checkpoint = Checkpoint.load(args.checkpoint)
         config = checkpoint.config
         spec = config.input_spec()
         predict = torch_predictor(checkpoint.build())
-        dataset, seed, size = config.dataset, config.data_seed, config.input_size
+        dataset, root, seed, size = (
+            config.dataset, config.data_root, config.data_seed, config.input_size
+        )  # fmt: skip
     else:
         card = read_card(args.onnx)
         spec = card.input
         predict = onnx_predictor(onnx_session(args.onnx, args.threads))
-        extra = card.training.model_extra if card.training else {}
+        extra = (card.training.model_extra if card.training else None) or {}
         dataset = card.training.dataset if card.training else "shapes"
-        seed, size = (extra or {}).get("data_seed", 0), (extra or {}).get("scene_size", spec.height)
-    data = _dataset(args, args.split, dataset=dataset, seed=seed, size=size, length=args.length)
+        root, seed, size = None, extra.get("data_seed", 0), extra.get("scene_size", spec.height)
+    data = open_dataset(
+        args.dataset or dataset,
+        args.split,
+        root=args.data_root or (Path(root) if root else None),
+        seed=seed if args.data_seed is None else args.data_seed,
+        size=size,
+        length=args.length,
+    )
     scores = score(predict, data, spec, progress=True)
     print(f"{data.name} {args.split} ({len(data)} images)\n{scores.table()}")
     return 0
@@ -165,7 +163,21 @@ def inspect(args: argparse.Namespace) -> int:
     import onnx
 
     print(signature(onnx.load(str(args.model), load_external_data=False)))
-    print(json.dumps(read_card(args.model).model_dump(mode="json"), indent=2))
+    card = read_card(args.model)
+    spec = card.input
+    print(f"name: {card.name} (card schema {card.schema_version})")
+    if card.description:
+        print(f"description: {card.description}")
+    print("classes:", ", ".join(f"{c.id} {c.label} {tuple(c.color)}" for c in card.classes))
+    print(f"input: {spec.height}x{spec.width} {spec.channels} {spec.layout} {spec.dtype}, "
+          f"mean {spec.mean}, std {spec.std}, resize {spec.resize}")  # fmt: skip
+    print(f"output: {card.output.kind}")
+    if card.training:
+        print("training:", json.dumps(card.training.model_dump(mode="json"), indent=2))
+    if args.latency:
+        from model_export.latency import measure
+
+        print(measure(args.model, runs=args.latency, batch=args.batch, threads=args.threads))
     return 0
 
 

@@ -76,7 +76,7 @@ class ShapesDataset:
 
     split: Split = "train"
     length: int = 2000
-    size: int = 192
+    size: int = 128
     seed: int = 0
     name: str = "shapes"
     classes: Sequence[str] = SHAPE_CLASSES
@@ -169,7 +169,7 @@ def open_dataset(
     *,
     root: Path | None = None,
     seed: int = 0,
-    size: int = 192,
+    size: int = 128,
     length: int | None = None,
 ) -> SegmentationDataset:
     """One split of a dataset by name. ``seed``/``size``/``length`` apply to ``shapes`` only."""

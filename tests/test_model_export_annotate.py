@@ -137,10 +137,12 @@ def test_cli_annotate_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[
     args = ["annotate", str(path), "--name", "colours", "--labels", "background,red,green",
             "--input-size", "16x16", "--mean", "0,0,0", "--std", "1,1,1"]  # fmt: skip
     assert main(args) == 0
-    assert main(["inspect", str(path)]) == 0
+    assert main(["inspect", str(path), "--latency", "3", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "input input: float32[N, 3, 16, 16]" in printed
-    assert '"name": "colours"' in printed
+    assert "ms per batch of 1 (3 runs, 1 intra-op threads" in printed
+    assert "name: colours" in printed
+    assert "classes: 0 background (0, 0, 0), 1 red (128, 0, 0), 2 green (0, 128, 0)" in printed
     card = read_card(path)
     assert card.input.mean == (0, 0, 0)
     assert card.classes[1].label == "red"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,3 +127,9 @@ def test_cli_evaluates_an_exported_model(
     printed = capsys.readouterr().out
     assert "folder val (16 images)" in printed
     assert f"mIoU {card.training.val_miou:.4f}" in printed
+    # A checkpoint knows its data: no dataset options needed.
+    assert main(["evaluate", "--checkpoint", best, "--split", "val"]) == 0
+    printed = capsys.readouterr().out
+    assert "folder val (16 images)" in printed
+    miou = float(re.search(r"mIoU (\d\.\d+)", printed).group(1))
+    assert abs(miou - card.training.val_miou) <= 0.005

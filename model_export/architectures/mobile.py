@@ -1,8 +1,8 @@
 """A light FCN for CPU serving: a depthwise-separable (MobileNet-style) encoder and an FCN-style
 decoder that upsamples ×2 with learnable bilinear-initialised transposed convolutions and adds
-skips from strides 16, 8 and 4. Unlike FCN-8s it fuses narrow feature maps rather than class
-scores, and reaches stride 4 before the last upsampling, which keeps shape boundaries sharp
-at a few hundred MFLOPs."""
+skips from strides 16, 8, 4 and 2. Unlike FCN-8s it fuses narrow feature maps rather than class
+scores, and reaches stride 2 before the last upsampling, which keeps shape boundaries sharp
+for a few hundred MFLOPs."""
 
 from __future__ import annotations
 
@@ -27,31 +27,30 @@ class MobileFCN(nn.Module):
     def __init__(self, num_classes: int, width: int = 16) -> None:
         super().__init__()
         w = width
-        self.stages = nn.ModuleList(
-            [
-                nn.Sequential(conv_bn_relu(3, w, stride=2), separable(w, 2 * w, stride=2)),  # /4
-                nn.Sequential(separable(2 * w, 4 * w, stride=2), separable(4 * w, 4 * w)),  # /8
-                nn.Sequential(separable(4 * w, 8 * w, stride=2), separable(8 * w, 8 * w)),  # /16
-                nn.Sequential(  # /32: the widest, cheapest place for context
-                    separable(8 * w, 16 * w, stride=2),
-                    separable(16 * w, 16 * w),
-                    separable(16 * w, 16 * w),
-                ),
-            ]
-        )
+        widths = (w, 2 * w, 4 * w, 8 * w, 16 * w)  # at strides 2, 4, 8, 16, 32
+        self.stages = nn.ModuleList([
+            conv_bn_relu(3, w, stride=2),
+            separable(w, 2 * w, stride=2),
+            nn.Sequential(separable(2 * w, 4 * w, stride=2), separable(4 * w, 4 * w)),
+            nn.Sequential(separable(4 * w, 8 * w, stride=2), separable(8 * w, 8 * w)),
+            nn.Sequential(  # the widest, cheapest place for context
+                separable(8 * w, 16 * w, stride=2), separable(16 * w, 16 * w),
+                separable(16 * w, 16 * w),
+            ),
+        ])  # fmt: skip
         d = 2 * w  # decoder width
-        self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in (2 * w, 4 * w, 8 * w, 16 * w))
-        self.up = nn.ModuleList(Upsample(d, 2) for _ in range(3))
-        self.refine = nn.ModuleList(separable(d, d) for _ in range(3))
+        self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in widths)
+        self.up = nn.ModuleList(Upsample(d, 2) for _ in widths[:-1])
+        self.refine = nn.ModuleList(separable(d, d) for _ in widths[:-1])
         self.score = nn.Conv2d(d, num_classes, 1)
-        self.upscore = Upsample(num_classes, 4)
+        self.upscore = Upsample(num_classes, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
-        y = self.lateral[3](skips[3])
-        for i in (2, 1, 0):
+        y = self.lateral[-1](skips[-1])
+        for i in reversed(range(len(self.up))):
             y = self.refine[i](self.up[i](y) + self.lateral[i](skips[i]))
         return self.upscore(self.score(y))
