@@ -3,7 +3,7 @@
     python examples/generate.py [--model models/shapes-fcn/1/model.onnx]
 
 writes examples/shapes*.{jpg,png} (scenes from the held-out Shapes test split, rendered at
-256x256: the service resizes them to the model's input) and docs/images/example.png
+128 to 384 px: the service resizes them to the model's input) and docs/images/example.png
 (input | mask | overlay, computed with the service's own preprocessing and mask encoding).
 """
 
@@ -24,17 +24,22 @@ from service.masks import encode_overlay, resize_labels
 from service.model_card import ModelCard
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = 256
-SCENES = (0, 1, 2, 3)
+# (file, side): test scenes 0..3. Mostly JPEG, as clients send; one lossless PNG at the model's
+# own input size; shapes.jpg is the one the README's examples post.
+PANEL = 256  # side of each picture panel, whatever the example's size
+EXAMPLES = (
+    ("shapes.jpg", 256),
+    ("shapes-1.png", 128),
+    ("shapes-2.jpg", 256),
+    ("shapes-3.jpg", 384),
+)
 
 
 def write_examples(out: Path) -> list[Path]:
-    scenes = ShapesDataset("test", length=max(SCENES) + 1, size=SIZE)
     paths = []
-    for i in SCENES:
-        image = Image.fromarray(scenes[i][0])
-        # Mostly JPEG (what clients send); one lossless PNG. shapes.jpg is the README's.
-        path = out / {0: "shapes.jpg", 1: "shapes-1.png"}.get(i, f"shapes-{i}.jpg")
+    for i, (name, size) in enumerate(EXAMPLES):
+        image = Image.fromarray(ShapesDataset("test", length=i + 1, size=size)[i][0])
+        path = out / name
         image.save(path, quality=90)
         paths.append(path)
     return paths
@@ -57,7 +62,10 @@ def picture(model: Path, images: list[Path]) -> Image.Image:
         palette = np.array(card.palette(), dtype=np.uint8)
         mask = Image.fromarray(palette[labels])
         overlay = Image.open(io.BytesIO(encode_overlay(image, labels, card.palette(), 0.6)))
-        rows.append(np.concatenate([np.asarray(im) for im in (image, mask, overlay)], axis=1))
+        panels = [
+            im.resize((PANEL, PANEL), Image.Resampling.NEAREST) for im in (image, mask, overlay)
+        ]
+        rows.append(np.concatenate([np.asarray(p.convert("RGB")) for p in panels], axis=1))
     grid = Image.fromarray(np.concatenate(rows, axis=0))
     assert card is not None
     legend = Image.new("RGB", (grid.width, 24), "white")
