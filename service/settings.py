@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     provider: Provider = "auto"
     sessions: int = Field(1, ge=1, description="ONNX Runtime sessions per model (the pool)")
     intra_op_threads: int = Field(0, ge=0, description="threads per CPU session; 0 = ORT decides")
+    # Busy-waiting intra-op threads burn the cores decode/encode need (docs/PERFORMANCE.md);
+    # turn on only where inference has cores of its own.
+    intra_op_spinning: bool = False
     trt_cache_dir: Path = Path(".trt-cache")  # TensorRT engine cache (built once per model/GPU)
     trt_fp16: bool = False
 
