@@ -21,7 +21,6 @@ from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL, ROOT, serve
 
 RESULTS = ROOT / "bench" / "results"
-SPIN_OFF = ["--ort-config", "session.intra_op.allow_spinning=0"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ LEVERS = (
     Config("no-batching", {"SEGSERVE_MAX_BATCH_SIZE": "1"}),
     Config("intra-op-1", {"SEGSERVE_INTRA_OP_THREADS": "1"}),
     Config("intra-op-2", {"SEGSERVE_INTRA_OP_THREADS": "2"}),
-    Config("spinning-off", variant=SPIN_OFF),
+    Config("spinning-on", {"SEGSERVE_INTRA_OP_SPINNING": "true"}),  # ORT's own default
     Config("workers-1", {"SEGSERVE_WORKER_THREADS": "1"}),
     Config("workers-4", {"SEGSERVE_WORKER_THREADS": "4"}),
     Config("asyncio-h11", variant=["--loop", "asyncio", "--http", "h11"]),
