@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -65,6 +66,7 @@ class SoakReport:
     offered_rps: float
     segments: list[Segment]
     rss_mb: list[tuple[float, float]]  # (seconds since the soak began, MiB)
+    load_1m: list[tuple[float, float]]  # (seconds since the soak began, 1-minute load average)
     load_average_start: str
     load_average_end: str
     errors: dict[str, int] = field(default_factory=dict)
@@ -109,6 +111,7 @@ class SoakReport:
         requests = sum(s.result.requests for s in self.segments)
         ok = sum(s.result.ok for s in self.segments)
         wall = self.segments[-1].end_s - self.segments[0].start_s
+        loads = [load for _, load in self.load_1m] or [float("nan")]
         return "\n".join(
             [
                 f"max throughput (closed loop, c={self.spec.probe_concurrency}): "
@@ -121,7 +124,9 @@ class SoakReport:
                 f"RSS first segment {self.rss_first_mb:.1f} MiB, last {self.rss_last_mb:.1f} MiB "
                 f"(growth {self.rss_last_mb / self.rss_first_mb - 1:+.1%}, "
                 f"limit +{self.spec.rss_growth:.0%})",
-                f"load average at start {self.load_average_start}, at end {self.load_average_end}",
+                f"load average at start {self.load_average_start}, at end {self.load_average_end}"
+                f"; 1-min load during the soak: mean {statistics.fmean(loads):.1f}, "
+                f"max {max(loads):.1f} on {os.cpu_count()} cores",
                 "PASS" if self.passed else "FAIL: " + "; ".join(self.failures),
             ]
         )
@@ -135,11 +140,12 @@ def _mean_between(samples: list[tuple[float, float]], start: float, end: float) 
 
 
 class RssSampler:
-    """Reads the server's RSS every ``interval_s`` seconds on a daemon thread."""
+    """Reads the server's RSS (and the machine's load) every ``interval_s`` s on a thread."""
 
     def __init__(self, pid: int, interval_s: float, t0: float) -> None:
         self.pid, self.interval_s, self.t0 = pid, interval_s, t0
         self.samples: list[tuple[float, float]] = []
+        self.load: list[tuple[float, float]] = []  # 1-minute load average: who else ran
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -147,6 +153,7 @@ class RssSampler:
         while True:
             now = time.perf_counter() - self.t0
             self.samples.append((round(now, 2), round(procstat.rss_bytes(self.pid) / 2**20, 1)))
+            self.load.append((round(now, 2), procstat.load_average().one))
             if self._stop.wait(self.interval_s):
                 return
 
@@ -216,6 +223,7 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
         offered_rps=offered,
         segments=segments,
         rss_mb=sampler.samples,
+        load_1m=sampler.load,
         load_average_start=load_start,
         load_average_end=str(procstat.load_average()),
     )
@@ -230,7 +238,7 @@ def plot(report: SoakReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     mid = [(s.start_s + s.end_s) / 2 for s in report.segments]
-    fig, (ax_rps, ax_lat, ax_rss) = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    fig, (ax_rps, ax_lat, ax_rss, ax_load) = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
     ax_rps.plot(mid, [s.result.throughput_rps for s in report.segments], "o-", label="served")
     ax_rps.axhline(report.offered_rps, color="grey", ls="--", label="offered")
     ax_rps.axhline(report.max_rps, color="red", ls=":", label="measured max")
@@ -244,7 +252,12 @@ def plot(report: SoakReport, path: Path) -> None:
     ax_rss.plot([t for t, _ in report.rss_mb], [mb for _, mb in report.rss_mb])
     ax_rss.set_ylabel("server RSS, MiB")
     ax_rss.set_ylim(0, 1.15 * max(mb for _, mb in report.rss_mb))
-    ax_rss.set_xlabel("seconds")
+    ax_load.plot([t for t, _ in report.load_1m], [load for _, load in report.load_1m])
+    ax_load.axhline(os.cpu_count() or 1, color="grey", ls="--", label="CPU cores")
+    ax_load.set_ylabel("load average (1 min)")
+    ax_load.set_ylim(bottom=0)
+    ax_load.legend(loc="lower right")
+    ax_load.set_xlabel("seconds")
     fig.suptitle(
         f"segserve soak: {report.offered_rps:.1f} req/s "
         f"({report.spec.fraction:.0%} of max), {report.spec.image} JPEG, "
