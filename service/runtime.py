@@ -76,7 +76,8 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
+        "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
+    )
     # One graph per request batch, run start to end: parallelism comes from batches and sessions.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

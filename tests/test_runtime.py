@@ -112,6 +112,9 @@ def test_explicit_cuda_on_this_cpu_build_is_an_error(model_path: Path) -> None:
 def test_session_options_follow_the_settings() -> None:
     options = session_options(Settings(intra_op_threads=3))
     assert options.intra_op_num_threads == 3
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_options(Settings(intra_op_spinning=True))
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert options.inter_op_num_threads == 1
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
