@@ -95,12 +95,20 @@ class RawTransport:
         self._idle: list[_Connection] = []
 
     async def post(self) -> tuple[str, bytes]:
-        connection = self._idle.pop() if self._idle else None
+        connection = self._take_idle()
         try:
             async with asyncio.timeout(self._timeout_s):
+                if connection is not None:
+                    try:
+                        status, body, keep_alive = await connection.exchange(self._request)
+                    except ConnectionResetError:
+                        # The server closed this idle keep-alive connection (uvicorn: after 5 s)
+                        # as we reused it, before reading the request: send it on a new one.
+                        connection.close()
+                        connection = None
                 if connection is None:
                     connection = _Connection(*await asyncio.open_connection(self._host, self._port))
-                status, body, keep_alive = await connection.exchange(self._request)
+                    status, body, keep_alive = await connection.exchange(self._request)
         except (OSError, EOFError, ValueError, IndexError, TimeoutError) as exc:
             if connection is not None:
                 connection.close()
@@ -110,6 +118,14 @@ class RawTransport:
         else:
             connection.close()
         return status, body
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.reader.at_eof() and not connection.writer.is_closing():
+                return connection
+            connection.close()
+        return None
 
     async def aclose(self) -> None:
         for connection in self._idle:
