@@ -49,6 +49,7 @@ class SoakSpec:
     rss_growth: float = 0.10  # last segment's mean RSS at most this much above the first's
     format: str = "png"
     image: str = "small"  # bench.images kind: 640×480 photo-like JPEG
+    client: str = "httpx"  # bench.loadtest's client: "httpx" or the lighter "raw"
 
 
 @dataclass
@@ -174,6 +175,7 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
         base_url=base_url,
         body=sample_jpeg(spec.image),
         format=spec.format,
+        client=spec.client,
         server_pid=server_pid,
         progress=progress,
     )
@@ -303,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         help="pass: last segment's RSS <= (1 + this) x the first's",
     )
     parser.add_argument("--format", default=defaults.format, choices=["png", "rle", "overlay"])
+    parser.add_argument("--client", default=defaults.client, choices=["httpx", "raw"])
     parser.add_argument("--json", type=Path, default=RESULTS / "soak.json")
     parser.add_argument("--plot", type=Path, help="write the plot here (PNG)")
     parser.add_argument("--no-progress", action="store_true")
@@ -321,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         p99_ratio=args.p99_ratio,
         rss_growth=args.rss_growth,
         format=args.format,
+        client=args.client,
     )
 
     progress = not args.no_progress
