@@ -52,6 +52,7 @@ class LoadSpec:
     content_type: str = "image/jpeg"
     multipart: bool = False  # send the image as part "image" of multipart/form-data
     client: str = "httpx"  # or "raw": see bench.transport
+    query: tuple[tuple[str, str], ...] = ()  # extra query parameters (model, version, alpha)
     format: str = "png"
     concurrency: int | None = 8  # closed loop when set
     rate: float | None = None  # open loop (requests/s) when set; wins over concurrency
@@ -273,7 +274,7 @@ def check_answer(body: bytes, fmt: str, size: tuple[int, int]) -> str | None:
 
 async def _run(spec: LoadSpec) -> LoadResult:
     require_loopback(spec.base_url)
-    url = f"{spec.base_url.rstrip('/')}/segment?{urlencode({'format': spec.format})}"
+    url = f"{spec.base_url.rstrip('/')}/segment?{urlencode([('format', spec.format), *spec.query])}"
     content, headers = request_body(spec)
     connections = spec.concurrency if spec.mode == "closed" else MAX_IN_FLIGHT_OPEN_LOOP
     transport: Transport = (
@@ -357,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="'small' (640x480), 'large' (4000x3000) or a JPEG path")
     parser.add_argument("--format", default="png", choices=["png", "rle", "overlay"])
     parser.add_argument("--multipart", action="store_true", help="multipart/form-data upload")
+    parser.add_argument("--query", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra query parameter, e.g. model=shapes-fcn (repeatable)")
     parser.add_argument("--client", choices=["httpx", "raw"], default="httpx",
                         help="httpx, or a minimal HTTP/1.1 client (less client CPU)")
     loop = parser.add_mutually_exclusive_group()
@@ -377,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = LoadSpec(
         base_url=args.url, body=_load_body(args.image), multipart=args.multipart,
-        client=args.client,
+        client=args.client, query=tuple(tuple(q.split("=", 1)) for q in args.query),
         format=args.format,
         concurrency=None if args.rate else args.concurrency, rate=args.rate,
         duration_s=args.duration, requests=args.requests, warmup_s=args.warmup,
