@@ -39,7 +39,8 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
 # The performance record (docs/PERFORMANCE.md): the four targets, the lever table and the
-# latency/throughput sweep against the naive baseline. About 10 minutes; run on a quiet machine.
+# server-level levers and the latency/throughput sweep against the naive baseline (LitServe:
+# docs/PERFORMANCE.md). About 15 minutes; run on a quiet machine.
 # The bundled default model, from fixed seeds: train a mobile FCN on synthetic Shapes (one CPU
 # thread, so a rerun reproduces the weights), export it with the parity check, score the exported
 # file on the held-out test split into its card, redraw the examples. See docs/MODEL.md.
@@ -55,6 +56,7 @@ model: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.targets
 	$(BIN)/python -m bench.levers --json bench/results/levers.json
+	$(BIN)/python -m bench.compare
 	$(BIN)/python -m bench.sweep --offline-json bench/results/targets/offline-small.json
 
 # Known vulnerabilities in every pinned dependency, from PyPI's advisory data (network needed).
