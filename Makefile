@@ -38,9 +38,6 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-# The performance record (docs/PERFORMANCE.md): the four targets, the lever table and the
-# server-level levers and the latency/throughput sweep against the naive baseline (LitServe:
-# docs/PERFORMANCE.md). About 15 minutes; run on a quiet machine.
 # The bundled default model, from fixed seeds: train a mobile FCN on synthetic Shapes (one CPU
 # thread, so a rerun reproduces the weights), export it with the parity check, score the exported
 # file on the held-out test split into its card, redraw the examples. See docs/MODEL.md.
@@ -53,6 +50,9 @@ model: $(VENV)/.dev
 		--description "Mobile FCN: circles, squares, triangles and stars in synthetic Shapes scenes"
 	$(BIN)/python examples/generate.py
 
+# The performance record (docs/PERFORMANCE.md): the four targets, the in-process and
+# server-level lever tables, the latency/throughput sweep against the naive baseline (LitServe
+# needs its own venv: docs/PERFORMANCE.md). About 15 minutes; run on a quiet machine.
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.targets
 	$(BIN)/python -m bench.levers --json bench/results/levers.json
