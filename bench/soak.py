@@ -199,8 +199,8 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
     t0 = time.perf_counter()
     segments: list[Segment] = []
     with RssSampler(server_pid, spec.rss_interval_s, t0).running() as sampler:
-        index = 0
-        while (remaining := spec.duration_s - (time.perf_counter() - t0)) > 0.5:
+        # Whole segments, so the last one is as long as the first it is compared with.
+        for index in range(max(1, round(spec.duration_s / spec.segment_s))):
             start = time.perf_counter() - t0
             result = run_load(
                 replace(
@@ -208,7 +208,7 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
                     rate=offered,
                     concurrency=None,
                     warmup_s=0.0,
-                    duration_s=min(spec.segment_s, remaining),
+                    duration_s=spec.segment_s,
                     seed=index,
                 )
             )
@@ -218,7 +218,6 @@ def soak(spec: SoakSpec, base_url: str, server_pid: int, progress: bool = True) 
                 f"p50 {result.latency_ms['p50']:.0f} ms, p99 {result.latency_ms['p99']:.0f} ms, "
                 f"RSS {sampler.samples[-1][1]:.0f} MiB, statuses {result.status_counts}"
             )
-            index += 1
     report = SoakReport(
         spec=spec,
         max_rps=probe.throughput_rps,
@@ -249,7 +248,7 @@ def plot(report: SoakReport, path: Path) -> None:
     for name in ("p50", "p99"):
         ax_lat.plot(mid, [s.result.latency_ms[name] for s in report.segments], "o-", label=name)
     ax_lat.set_ylabel("latency, ms")
-    ax_lat.set_ylim(bottom=0)
+    ax_lat.set_yscale("log")  # a stall and a quiet minute differ by orders of magnitude
     ax_lat.legend(loc="lower right")
     ax_rss.plot([t for t, _ in report.rss_mb], [mb for _, mb in report.rss_mb])
     ax_rss.set_ylabel("server RSS, MiB")
