@@ -13,11 +13,9 @@ Life of the process:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -35,6 +33,7 @@ from service.repository import ModelRepository, ModelVersion
 from service.runtime import SessionPool, load_model
 from service.security import install_security
 from service.settings import Settings
+from service.threads import WorkerThreads
 
 log = logging.getLogger("segserve.app")
 
@@ -57,7 +56,7 @@ class Service:
         self.settings = settings
         self.repository = repository
         self.models: dict[str, ServedModel] = {}
-        self.workers = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="cpu")
+        self.workers = WorkerThreads(settings.worker_threads, "cpu")
         self.loaded = False
         self.draining = False
         self.failure: ModelLoadError | None = None
@@ -76,9 +75,7 @@ class Service:
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run decode/resize/encode work on the worker threads, off the event loop."""
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()  # log lines from the thread keep the request id
-        return await loop.run_in_executor(self.workers, lambda: context.run(fn, *args, **kwargs))
+        return await self.workers.run(fn, *args, **kwargs)
 
     def begin_drain(self) -> None:
         """Turn /readyz 503. Only sets a flag: it is called from a signal handler."""
@@ -132,7 +129,7 @@ class Service:
         await asyncio.gather(*(m.batcher.stop() for m in self.models.values()))
         for served in self.models.values():
             served.pool.close()
-        self.workers.shutdown(wait=True)
+        self.workers.shutdown()
 
 
 def _instrumented(pool: SessionPool, ref: ModelVersion) -> RunBatch:

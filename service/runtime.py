@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from service.errors import ModelLoadError
 from service.model_card import ModelCard
 from service.repository import ModelVersion, read_card
 from service.settings import Provider, Settings
+from service.threads import WorkerThreads
 
 log = logging.getLogger("segserve.runtime")
 
@@ -192,7 +192,7 @@ class SessionPool:
         self.name = name
         self._idle = deque(runners)
         self._free = asyncio.Semaphore(len(runners))
-        self._executor = ThreadPoolExecutor(len(runners), thread_name_prefix=f"ort-{name}")
+        self._threads = WorkerThreads(len(runners), f"ort-{name}")
         self.size = len(runners)
         self.provider = DISPLAY_NAMES.get(runners[0].provider, runners[0].provider)
 
@@ -200,8 +200,7 @@ class SessionPool:
         async with self._free:
             runner = self._idle.popleft()
             try:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, runner.run, batch)
+                return await self._threads.run(runner.run, batch)
             finally:
                 self._idle.append(runner)
 
@@ -212,7 +211,7 @@ class SessionPool:
             runner.run(batch)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._threads.shutdown()
 
 
 def load_model(model: ModelVersion, settings: Settings) -> tuple[ModelCard, SessionPool]:
