@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.errors import ModelLoadError
 from service.model_card import METADATA_KEY, ClassInfo
@@ -20,6 +22,7 @@ from service.runtime import (
     Attempt,
     Runner,
     check_signature,
+    class_argmax,
     load_model,
     open_session,
     plan_providers,
@@ -191,3 +194,18 @@ def test_a_card_that_does_not_match_the_tensors_is_refused(model_path: Path) -> 
         check_signature(session, four_classes, model_path)
     check_signature(session, tiny_card(size=8), model_path)
     assert Runner(session, tiny_card(size=8)).provider == CPU
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 9), st.integers(1, 9)),
+    dtype=st.sampled_from([np.float32, np.float16]),
+    data=st.data(),
+)
+def test_class_argmax_equals_numpy_argmax(shape, dtype, data) -> None:
+    # Few distinct values force ties (first class wins); infinities and NaN are broken models.
+    values = st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 1.0, np.inf, np.nan])
+    flat = data.draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    logits = np.array(flat, dtype=dtype).reshape(shape)
+    expected = logits.argmax(axis=1).astype(np.uint8)
+    np.testing.assert_array_equal(class_argmax(logits), expected)
