@@ -22,6 +22,14 @@ def vgg16_widths(width: int) -> tuple[int, ...]:
     return (width, 2 * width, 4 * width, 8 * width, 8 * width)
 
 
+def vgg16_encoder(widths: tuple[int, ...]) -> nn.ModuleList:
+    """VGG-16's five conv blocks (no pooling) for ``vgg16_widths(width)``."""
+    c_ins = (3, *widths[:-1])
+    return nn.ModuleList(
+        vgg_block(c_in, c_out, n) for c_in, c_out, n in zip(c_ins, widths, VGG16_CONVS, strict=True)
+    )
+
+
 class VGGBackbone(nn.Module):
     """VGG-16 (five conv blocks, each closed by 2x2 max-pooling) with batch norm, which lets it
     train from scratch. ``width`` is the first block's channels (64 in VGG-16)."""
@@ -29,11 +37,7 @@ class VGGBackbone(nn.Module):
     def __init__(self, width: int = 64) -> None:
         super().__init__()
         widths = vgg16_widths(width)
-        c_ins = (3, *widths[:-1])
-        self.blocks = nn.ModuleList(
-            vgg_block(c_in, c_out, n)
-            for c_in, c_out, n in zip(c_ins, widths, VGG16_CONVS, strict=True)
-        )
+        self.blocks = vgg16_encoder(widths)
         self.pool = nn.MaxPool2d(2, 2)
         self.channels = (widths[2], widths[3], widths[4])
 

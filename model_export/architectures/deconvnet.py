@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_export.architectures.backbones import VGG16_CONVS, vgg16_widths, vgg_block
+from model_export.architectures.backbones import VGG16_CONVS, vgg16_encoder, vgg16_widths
 
 
 def deconv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
@@ -27,11 +27,7 @@ class DeconvNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 64) -> None:
         super().__init__()
         widths = vgg16_widths(width)
-        c_ins = (3, *widths[:-1])
-        self.encoder = nn.ModuleList(
-            vgg_block(c_in, c_out, n)
-            for c_in, c_out, n in zip(c_ins, widths, VGG16_CONVS, strict=True)
-        )
+        self.encoder = vgg16_encoder(widths)
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
         fc = 8 * widths[-1]
         self.bottleneck = nn.Sequential(
