@@ -113,7 +113,7 @@ async def _segment(
     if done is None:
         access_record(request).error_code = "client_closed"
         return Response(status_code=CLIENT_CLOSED)
-    metrics.QUEUE_WAIT.labels(ref.name, str(ref.version)).observe(done.queued_s)
+    served.queue_wait.observe(done.queued_s)
 
     t2 = time.perf_counter()
     content = await service.run_cpu(_encode, fmt, done.value, decoded, served, alpha)

@@ -22,6 +22,7 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 from fastapi import FastAPI
+from prometheus_client import Histogram
 
 from service import metrics
 from service.access import AccessLog
@@ -47,6 +48,7 @@ class ServedModel:
     card: ModelCard
     pool: SessionPool
     batcher: Batcher
+    queue_wait: Histogram  # this version's child of metrics.QUEUE_WAIT, looked up once
 
 
 class Service:
@@ -122,7 +124,8 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        return ServedModel(ref, card, pool, batcher)
+        queue_wait = metrics.QUEUE_WAIT.labels(ref.name, str(ref.version))
+        return ServedModel(ref, card, pool, batcher, queue_wait)
 
     async def close(self) -> None:
         """Finish queued work, then release sessions and threads."""
