@@ -56,25 +56,42 @@ def measure(config: Config, model: Path, duration: float, levels: tuple[int, ...
     log = RESULTS / "tmp" / f"compare-{config.name}.log"
     with serve("segserve", model, log, config.settings, variant=config.variant) as server:
         for c in levels:
-            result = run(LoadSpec(base_url=server.base_url, body=body, concurrency=c,
-                                  duration_s=duration, warmup_s=2.0, server_pid=server.pid,
-                                  client="raw", progress=False))
-            row[f"c{c}"] = {"rps": result.throughput_rps, "p50": result.latency_ms["p50"],
-                            "p99": result.latency_ms["p99"], "statuses": result.status_counts,
-                            "server_cpu_ms": result.server_cpu_ms_per_request,
-                            "failures": result.check_failures}
+            result = run(
+                LoadSpec(
+                    base_url=server.base_url,
+                    body=body,
+                    concurrency=c,
+                    duration_s=duration,
+                    warmup_s=2.0,
+                    server_pid=server.pid,
+                    client="raw",
+                    progress=False,
+                )
+            )
+            row[f"c{c}"] = {
+                "rps": result.throughput_rps,
+                "p50": result.latency_ms["p50"],
+                "p99": result.latency_ms["p99"],
+                "statuses": result.status_counts,
+                "server_cpu_ms": result.server_cpu_ms_per_request,
+                "failures": result.check_failures,
+            }
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| configuration | c=1 p50 ms | c=1 req/s | c=32 req/s | c=32 p50 ms | c=32 p99 ms "
-             "| server CPU ms/req (c=32) | load avg before |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | c=1 p50 ms | c=1 req/s | c=32 req/s | c=32 p50 ms | c=32 p99 ms "
+        "| server CPU ms/req (c=32) | load avg before |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         c1, c32 = r["c1"], r["c32"]
-        lines.append(f"| {r['name']} ({r['what']}) | {c1['p50']:.2f} | {c1['rps']:.1f} "
-                     f"| {c32['rps']:.1f} | {c32['p50']:.1f} | {c32['p99']:.1f} "
-                     f"| {c32['server_cpu_ms']:.2f} | {r['load_before']} |")
+        lines.append(
+            f"| {r['name']} ({r['what']}) | {c1['p50']:.2f} | {c1['rps']:.1f} "
+            f"| {c32['rps']:.1f} | {c32['p50']:.1f} | {c32['p99']:.1f} "
+            f"| {c32['server_cpu_ms']:.2f} | {r['load_before']} |"
+        )
     return "\n".join(lines)
 
 
@@ -95,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.json").write_text(json.dumps(
-        {"model": str(args.model), "rows": rows}, indent=2) + "\n")
+    (args.out / "compare.json").write_text(
+        json.dumps({"model": str(args.model), "rows": rows}, indent=2) + "\n"
+    )
     (args.out / "compare.md").write_text(table(rows) + "\n")
     print(table(rows))
 

@@ -33,8 +33,10 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
         if rng.random() < 0.5:
             draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
         else:
-            points = [(int(x + r * np.cos(a)), int(y + r * np.sin(a)))
-                      for a in np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 7))))]
+            points = [
+                (int(x + r * np.cos(a)), int(y + r * np.sin(a)))
+                for a in np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 7))))
+            ]
             draw.polygon(points, fill=colour)
     # Soften edges a little (lens blur), then add sensor noise.
     base = base.filter(ImageFilter.GaussianBlur(radius=max(1, scale // 600)))

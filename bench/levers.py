@@ -47,8 +47,10 @@ class Lever:
 
     def row(self) -> str:
         gain = self.before_ms / self.after_ms if self.after_ms > 0 else float("inf")
-        return (f"| {self.name} | {self.before}: {self.before_ms:.2f} ms | {self.after}: "
-                f"{self.after_ms:.2f} ms | {gain:.1f}x | {self.note} |")
+        return (
+            f"| {self.name} | {self.before}: {self.before_ms:.2f} ms | {self.after}: "
+            f"{self.after_ms:.2f} ms | {gain:.1f}x | {self.note} |"
+        )
 
 
 def best_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
@@ -69,18 +71,23 @@ def with_argmax(model: onnx.ModelProto) -> onnx.ModelProto:
     folded.CopyFrom(model)
     graph = folded.graph
     logits = graph.output[0].name
-    graph.node.extend([
-        helper.make_node("ArgMax", [logits], ["bench_argmax"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["bench_argmax"], ["labels"], to=TensorProto.UINT8),
-    ])
+    graph.node.extend(
+        [
+            helper.make_node("ArgMax", [logits], ["bench_argmax"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["bench_argmax"], ["labels"], to=TensorProto.UINT8),
+        ]
+    )
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("labels", TensorProto.UINT8, None))
     return folded
 
 
-def _session(model: bytes, intra: int = 0, spinning: bool = False,
-             level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-             ) -> ort.InferenceSession:
+def _session(
+    model: bytes,
+    intra: int = 0,
+    spinning: bool = False,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.InferenceSession:
     """A session with segserve's options (``runtime.session_options``), one of them changed."""
     settings = Settings(intra_op_threads=intra, intra_op_spinning=spinning)
     options = runtime.session_options(settings)
@@ -122,8 +129,13 @@ def png_up_filter(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> by
         return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", crc)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", table.tobytes())
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"PLTE", table.tobytes())
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int) -> list[Lever]:
@@ -135,22 +147,38 @@ def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int
         folded = _session(with_argmax(proto).SerializeToString())
         before, _ = best_ms(lambda: _run(plain, batch).argmax(axis=1).astype(np.uint8), repeat)
         after, _ = best_ms(lambda: _run(folded, batch), repeat)
-        levers.append(Lever(f"argmax (batch {n})", "NumPy argmax on float logits",
-                            "ArgMax+Cast in the graph", before, after,
-                            "candidate: export with --labels"))
+        levers.append(
+            Lever(
+                f"argmax (batch {n})",
+                "NumPy argmax on float logits",
+                "ArgMax+Cast in the graph",
+                before,
+                after,
+                "candidate: export with --labels",
+            )
+        )
     model = proto.SerializeToString()
     ours = _session(model)
     ours_ms, ours_cpu = best_ms(lambda: _run(ours, batch), repeat)
     for label, session in (
         ("spinning on (ORT's default)", _session(model, spinning=True)),
         ("intra-op threads 1", _session(model, intra=1)),
-        ("graph optimisation basic", _session(
-            model, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)),
+        (
+            "graph optimisation basic",
+            _session(model, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        ),
     ):
         ms, cpu = best_ms(lambda s=session: _run(s, batch), repeat)
-        levers.append(Lever(f"ORT session (batch {n})", f"{label} (CPU {cpu:.1f} ms)",
-                            f"segserve: 0 threads, no spinning, all optimisations "
-                            f"(CPU {ours_cpu:.1f} ms)", ms, ours_ms, "wall ms; CPU ms in brackets"))
+        levers.append(
+            Lever(
+                f"ORT session (batch {n})",
+                f"{label} (CPU {cpu:.1f} ms)",
+                f"segserve: 0 threads, no spinning, all optimisations (CPU {ours_cpu:.1f} ms)",
+                ms,
+                ours_ms,
+                "wall ms; CPU ms in brackets",
+            )
+        )
     return levers
 
 
@@ -160,21 +188,39 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
     need = (spec.width, spec.height)
     levers = []
 
-    full, _ = best_ms(lambda: imaging.prepare(
-        imaging.decode(large, max_pixels=10**9).image, spec), max(1, repeat // 2))
-    draft, _ = best_ms(lambda: imaging.prepare(
-        imaging.decode(large, max_pixels=10**9, min_size=need).image, spec), repeat)
-    levers.append(Lever("decode+prepare 4000x3000 JPEG", "full decode", "JPEG draft (DCT scaling)",
-                        full, draft))
+    full, _ = best_ms(
+        lambda: imaging.prepare(imaging.decode(large, max_pixels=10**9).image, spec),
+        max(1, repeat // 2),
+    )
+    draft, _ = best_ms(
+        lambda: imaging.prepare(imaging.decode(large, max_pixels=10**9, min_size=need).image, spec),
+        repeat,
+    )
+    levers.append(
+        Lever(
+            "decode+prepare 4000x3000 JPEG", "full decode", "JPEG draft (DCT scaling)", full, draft
+        )
+    )
 
     image = imaging.decode(small, max_pixels=10**9, min_size=need).image
     mean = np.array(spec.mean, np.float32).reshape(3, 1, 1)
     std = np.array(spec.std, np.float32).reshape(3, 1, 1)
-    naive, _ = best_ms(lambda: ((np.asarray(image.resize(need), np.float64).transpose(2, 0, 1)
-                                 / 255.0 - mean) / std).astype(np.float32), repeat)
+    naive, _ = best_ms(
+        lambda: (
+            (np.asarray(image.resize(need), np.float64).transpose(2, 0, 1) / 255.0 - mean) / std
+        ).astype(np.float32),
+        repeat,
+    )
     ours, _ = best_ms(lambda: imaging.prepare(image, spec), repeat)
-    levers.append(Lever("prepare (resize + normalise)", "float64 temporaries",
-                        "one float32 affine pass, in place", naive, ours))
+    levers.append(
+        Lever(
+            "prepare (resize + normalise)",
+            "float64 temporaries",
+            "one float32 affine pass, in place",
+            naive,
+            ours,
+        )
+    )
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((card.num_classes, spec.height, spec.width)).astype(np.float32)
@@ -182,23 +228,46 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
     small_size, large_size = (640, 480), (4000, 3000)
 
     def upsample_logits() -> np.ndarray:
-        planes = [np.asarray(Image.fromarray(c).resize(small_size, Image.Resampling.BILINEAR))
-                  for c in logits]
+        planes = [
+            np.asarray(Image.fromarray(c).resize(small_size, Image.Resampling.BILINEAR))
+            for c in logits
+        ]
         return np.stack(planes).argmax(axis=0).astype(np.uint8)
 
     before, _ = best_ms(upsample_logits, repeat)
     after, _ = best_ms(lambda: masks.resize_labels(labels, small_size), repeat)
-    levers.append(Lever("mask to 640x480", "bilinear logits then argmax",
-                        "nearest on uint8 labels", before, after))
-    before, _ = best_ms(lambda: Image.fromarray(labels).resize(
-        large_size, Image.Resampling.NEAREST), repeat)
+    levers.append(
+        Lever(
+            "mask to 640x480",
+            "bilinear logits then argmax",
+            "nearest on uint8 labels",
+            before,
+            after,
+        )
+    )
+    before, _ = best_ms(
+        lambda: Image.fromarray(labels).resize(large_size, Image.Resampling.NEAREST), repeat
+    )
     after, _ = best_ms(lambda: masks.resize_labels(labels, large_size), repeat)
-    rows_first, _ = best_ms(lambda: labels.take(masks._nearest(spec.height, 3000), axis=0).take(
-        masks._nearest(spec.width, 4000), axis=1), repeat)
-    levers.append(Lever("labels to 4000x3000", "NumPy take, rows first",
-                        "NumPy take, columns first", rows_first, after, "commit 097e789"))
-    levers.append(Lever("labels to 4000x3000", "Pillow NEAREST", "NumPy take, integer centres",
-                        before, after))
+    rows_first, _ = best_ms(
+        lambda: labels.take(masks._nearest(spec.height, 3000), axis=0).take(
+            masks._nearest(spec.width, 4000), axis=1
+        ),
+        repeat,
+    )
+    levers.append(
+        Lever(
+            "labels to 4000x3000",
+            "NumPy take, rows first",
+            "NumPy take, columns first",
+            rows_first,
+            after,
+            "commit 097e789",
+        )
+    )
+    levers.append(
+        Lever("labels to 4000x3000", "Pillow NEAREST", "NumPy take, integer centres", before, after)
+    )
 
     # What a segmentation model answers: a few large regions at the model's resolution.
     shapes = shapes_mask(spec.width, spec.height, card.num_classes)
@@ -207,24 +276,41 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
         mask = masks.resize_labels(shapes, size)
         image = Image.fromarray(mask, "P")
         image.putpalette([c for rgb in palette for c in rgb])
-        for name, kwargs in (("Pillow default (zlib 6)", {}),
-                             ("zlib 1, default strategy", {"compress_level": 1})):
-            before, _ = best_ms(lambda im=image, kw=kwargs: im.save(io.BytesIO(), "PNG", **kw),
-                                repeat)
+        for name, kwargs in (
+            ("Pillow default (zlib 6)", {}),
+            ("zlib 1, default strategy", {"compress_level": 1}),
+        ):
+            before, _ = best_ms(
+                lambda im=image, kw=kwargs: im.save(io.BytesIO(), "PNG", **kw), repeat
+            )
             buffer = io.BytesIO()
             image.save(buffer, "PNG", **kwargs)
             ours = masks.encode_png(mask, palette)
             after, _ = best_ms(lambda m=mask: masks.encode_png(m, palette), repeat)
-            levers.append(Lever(f"palette PNG {size[0]}x{size[1]}", name, "zlib 1 + Z_RLE",
-                                before, after, f"{len(buffer.getvalue()) / 1024:.1f} KiB -> "
-                                           f"{len(ours) / 1024:.1f} KiB"))
+            levers.append(
+                Lever(
+                    f"palette PNG {size[0]}x{size[1]}",
+                    name,
+                    "zlib 1 + Z_RLE",
+                    before,
+                    after,
+                    f"{len(buffer.getvalue()) / 1024:.1f} KiB -> {len(ours) / 1024:.1f} KiB",
+                )
+            )
         candidate = png_up_filter(mask, palette)
         ours = masks.encode_png(mask, palette)
         before, _ = best_ms(lambda m=mask: masks.encode_png(m, palette), repeat)
         after, _ = best_ms(lambda m=mask: png_up_filter(m, palette), repeat)
-        levers.append(Lever(f"palette PNG {size[0]}x{size[1]} (candidate)", "zlib 1 + Z_RLE",
-                            "PNG 'Up' row filter + Z_RLE (not adopted)", before, after,
-                            f"{len(ours) / 1024:.1f} KiB -> {len(candidate) / 1024:.1f} KiB"))
+        levers.append(
+            Lever(
+                f"palette PNG {size[0]}x{size[1]} (candidate)",
+                "zlib 1 + Z_RLE",
+                "PNG 'Up' row filter + Z_RLE (not adopted)",
+                before,
+                after,
+                f"{len(ours) / 1024:.1f} KiB -> {len(candidate) / 1024:.1f} KiB",
+            )
+        )
 
     doc = {"model": card.name, "masks": masks.encode_rle(mask, card.classes)}
     before, _ = best_ms(lambda: json.dumps(doc).encode(), repeat)
@@ -245,17 +331,28 @@ def main(argv: list[str] | None = None) -> None:
     load_before = str(load_average())
     levers = pixel_levers(card, args.repeat)
     for b in (int(b) for b in args.batch_sizes.split(",")):
-        batch = np.random.default_rng(b).standard_normal(
-            (b, 3, card.input.height, card.input.width)).astype(np.float32)
+        batch = (
+            np.random.default_rng(b)
+            .standard_normal((b, 3, card.input.height, card.input.width))
+            .astype(np.float32)
+        )
         levers += inference_levers(args.model, card, batch, args.repeat)
     print(f"load average before {load_before}, after {load_average()}")
     print("| lever | before | after (segserve) | speed-up | note |\n|---|---|---|---|---|")
     print("\n".join(lever.row() for lever in levers))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": str(args.model), "load_before": load_before,
-                                         "load_after": str(load_average()),
-                                         "levers": [asdict(v) for v in levers]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": str(args.model),
+                    "load_before": load_before,
+                    "load_after": str(load_average()),
+                    "levers": [asdict(v) for v in levers],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

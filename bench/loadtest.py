@@ -171,8 +171,10 @@ def request_body(spec: LoadSpec) -> tuple[bytes, dict[str, str]]:
     if not spec.multipart:
         return spec.body, {"content-type": spec.content_type}
     boundary = "segserve-bench-5f0c1b9e"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-            f"filename=\"image\"\r\nContent-Type: {spec.content_type}\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="image"\r\nContent-Type: {spec.content_type}\r\n\r\n'
+    ).encode()
     body = head + spec.body + f"\r\n--{boundary}--\r\n".encode()
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
@@ -183,8 +185,9 @@ async def _send(transport: Transport, scheduled: float, recorder: _Recorder | No
         recorder.record(scheduled, status, body if status == "200" else None)
 
 
-async def _closed_loop(transport: Transport, spec: LoadSpec, recorder: _Recorder,
-                       window: _Window) -> None:
+async def _closed_loop(
+    transport: Transport, spec: LoadSpec, recorder: _Recorder, window: _Window
+) -> None:
     async def worker() -> None:
         while True:
             now = time.perf_counter()
@@ -197,8 +200,9 @@ async def _closed_loop(transport: Transport, spec: LoadSpec, recorder: _Recorder
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
 
-async def _open_loop(transport: Transport, spec: LoadSpec, recorder: _Recorder,
-                     window: _Window) -> None:
+async def _open_loop(
+    transport: Transport, spec: LoadSpec, recorder: _Recorder, window: _Window
+) -> None:
     assert spec.rate
     rng = random.Random(spec.seed)
     in_flight: set[asyncio.Task[None]] = set()
@@ -243,8 +247,13 @@ async def _progress(spec: LoadSpec, recorder: _Recorder, window: _Window) -> Non
     from tqdm import tqdm
 
     total = spec.requests if spec.requests is not None else None
-    with tqdm(total=total, unit="req", disable=not spec.progress, file=sys.stderr,
-              desc=f"{spec.mode} loop") as bar:
+    with tqdm(
+        total=total,
+        unit="req",
+        disable=not spec.progress,
+        file=sys.stderr,
+        desc=f"{spec.mode} loop",
+    ) as bar:
         while True:
             await asyncio.sleep(0.5)
             bar.set_postfix_str("warm-up" if time.perf_counter() < window.start else "")
@@ -278,8 +287,10 @@ async def _run(spec: LoadSpec) -> LoadResult:
     content, headers = request_body(spec)
     connections = spec.concurrency if spec.mode == "closed" else MAX_IN_FLIGHT_OPEN_LOOP
     transport: Transport = (
-        RawTransport(url, content, headers, spec.timeout_s) if spec.client == "raw"
-        else HttpxTransport(url, content, headers, spec.timeout_s, connections or 1))
+        RawTransport(url, content, headers, spec.timeout_s)
+        if spec.client == "raw"
+        else HttpxTransport(url, content, headers, spec.timeout_s, connections or 1)
+    )
     recorder = _Recorder(spec)
     window = _Window(spec, time.perf_counter() + spec.warmup_s)
     server_cpu0 = rss0 = None
@@ -296,8 +307,11 @@ async def _run(spec: LoadSpec) -> LoadResult:
         await load
         wall = max(recorder.last_done, window.start) - window.start
         client_cpu = time.process_time() - client_cpu0
-        server_cpu = (procstat.cpu_seconds(spec.server_pid) - server_cpu0
-                      if spec.server_pid and server_cpu0 is not None else None)
+        server_cpu = (
+            procstat.cpu_seconds(spec.server_pid) - server_cpu0
+            if spec.server_pid and server_cpu0 is not None
+            else None
+        )
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
@@ -309,24 +323,36 @@ async def _run(spec: LoadSpec) -> LoadResult:
     lat = np.asarray(recorder.latencies) * 1000.0
     ok = recorder.statuses.get("200", 0)
     result = LoadResult(
-        mode=spec.mode, concurrency=spec.concurrency if spec.mode == "closed" else None,
-        rate=spec.rate, format=spec.format, body_bytes=len(spec.body),
-        requests=recorder.completed, ok=ok, wall_s=round(wall, 3),
+        mode=spec.mode,
+        concurrency=spec.concurrency if spec.mode == "closed" else None,
+        rate=spec.rate,
+        format=spec.format,
+        body_bytes=len(spec.body),
+        requests=recorder.completed,
+        ok=ok,
+        wall_s=round(wall, 3),
         throughput_rps=ok / wall if wall > 0 else 0.0,
-        latency_ms={name: float(np.percentile(lat, q)) if lat.size else float("nan")
-                    for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}
+        latency_ms={
+            name: float(np.percentile(lat, q)) if lat.size else float("nan")
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        }
         | {"mean": float(lat.mean()) if lat.size else float("nan")},
-        status_counts=dict(recorder.statuses), checked=len(recorder.samples),
+        status_counts=dict(recorder.statuses),
+        checked=len(recorder.samples),
         check_failures=failures[:5] + ([f"... {len(failures)} in all"] * (len(failures) > 5)),
-        client_cpu_cores=client_cpu / (time.perf_counter() - wall0), client=spec.client,
+        client_cpu_cores=client_cpu / (time.perf_counter() - wall0),
+        client=spec.client,
         client_cpu_ms_per_request=1000.0 * client_cpu / max(1, recorder.completed),
         load_average=str(procstat.load_average()),
     )
     if server_cpu is not None and spec.server_pid and rss0 is not None:
         result.server_cpu_cores = server_cpu / wall if wall > 0 else 0.0
         result.server_cpu_ms_per_request = 1000.0 * server_cpu / max(1, recorder.completed)
-        result.server_rss_mb = {"start": round(rss0 / 2**20, 1)} | recorder.rss_marks | {
-            "end": round(procstat.rss_bytes(spec.server_pid) / 2**20, 1)}
+        result.server_rss_mb = (
+            {"start": round(rss0 / 2**20, 1)}
+            | recorder.rss_marks
+            | {"end": round(procstat.rss_bytes(spec.server_pid) / 2**20, 1)}
+        )
     return result
 
 
@@ -354,14 +380,24 @@ def _load_body(image: str) -> bytes:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="loopback base URL")
-    parser.add_argument("--image", default="small",
-                        help="'small' (640x480), 'large' (4000x3000) or a JPEG path")
+    parser.add_argument(
+        "--image", default="small", help="'small' (640x480), 'large' (4000x3000) or a JPEG path"
+    )
     parser.add_argument("--format", default="png", choices=["png", "rle", "overlay"])
     parser.add_argument("--multipart", action="store_true", help="multipart/form-data upload")
-    parser.add_argument("--query", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra query parameter, e.g. model=shapes-fcn (repeatable)")
-    parser.add_argument("--client", choices=["httpx", "raw"], default="httpx",
-                        help="httpx, or a minimal HTTP/1.1 client (less client CPU)")
+    parser.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra query parameter, e.g. model=shapes-fcn (repeatable)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["httpx", "raw"],
+        default="httpx",
+        help="httpx, or a minimal HTTP/1.1 client (less client CPU)",
+    )
     loop = parser.add_mutually_exclusive_group()
     loop.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight")
     loop.add_argument("--rate", type=float, help="open loop: mean arrivals per second (Poisson)")
@@ -379,13 +415,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     spec = LoadSpec(
-        base_url=args.url, body=_load_body(args.image), multipart=args.multipart,
-        client=args.client, query=tuple(tuple(q.split("=", 1)) for q in args.query),
+        base_url=args.url,
+        body=_load_body(args.image),
+        multipart=args.multipart,
+        client=args.client,
+        query=tuple(tuple(q.split("=", 1)) for q in args.query),
         format=args.format,
-        concurrency=None if args.rate else args.concurrency, rate=args.rate,
-        duration_s=args.duration, requests=args.requests, warmup_s=args.warmup,
-        timeout_s=args.timeout, check=args.check, server_pid=args.server_pid,
-        rss_every=args.rss_every, progress=not args.no_progress,
+        concurrency=None if args.rate else args.concurrency,
+        rate=args.rate,
+        duration_s=args.duration,
+        requests=args.requests,
+        warmup_s=args.warmup,
+        timeout_s=args.timeout,
+        check=args.check,
+        server_pid=args.server_pid,
+        rss_every=args.rss_every,
+        progress=not args.no_progress,
     )
     result = run(spec)
     row = result.markdown_row(args.label)

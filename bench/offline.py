@@ -111,8 +111,9 @@ def stage_ms(pipe: Pipeline, data: bytes, batch_size: int, repeat: int) -> Stage
     return StageMs(decode_ms, prepare_ms, infer_ms / batch_size, resize_ms, encode_ms)
 
 
-def pipelined(pipe: Pipeline, data: bytes, batch_size: int, seconds: float,
-              pool: ThreadPoolExecutor) -> tuple[float, float]:
+def pipelined(
+    pipe: Pipeline, data: bytes, batch_size: int, seconds: float, pool: ThreadPoolExecutor
+) -> tuple[float, float]:
     """Images per second and CPU ms per image, the stages overlapping as in a server."""
     spec = pipe.card.input
     batch = np.empty((batch_size, 3, spec.height, spec.width), dtype=np.float32)
@@ -140,8 +141,7 @@ def pipelined(pipe: Pipeline, data: bytes, batch_size: int, seconds: float,
     return done_images / (time.perf_counter() - t0), cpu_ms
 
 
-def run(model: Path, image: str, batch_sizes: list[int], seconds: float,
-        repeat: int) -> dict:
+def run(model: Path, image: str, batch_sizes: list[int], seconds: float, repeat: int) -> dict:
     settings = Settings()
     pipe = Pipeline(model, settings)
     data = sample_jpeg(image)
@@ -152,17 +152,25 @@ def run(model: Path, image: str, batch_sizes: list[int], seconds: float,
             rate, cpu_ms = pipelined(pipe, data, b, seconds, pool)
             results.append(BatchResult(b, stages, rate, cpu_ms))
             stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(stages).items())
-            print(f"batch {b:>2}: {rate:7.1f} img/s, CPU {cpu_ms:.2f} ms/img | stage ms "
-                  f"{stage_text} | sum {stages.total:.2f}", flush=True)
+            print(
+                f"batch {b:>2}: {rate:7.1f} img/s, CPU {cpu_ms:.2f} ms/img | stage ms "
+                f"{stage_text} | sum {stages.total:.2f}",
+                flush=True,
+            )
     best = max(results, key=lambda r: r.images_per_s)
     single = next((r for r in results if r.batch_size == 1), None)
     return {
-        "model": str(model), "image": image, "image_bytes": len(data),
-        "threads": {"worker_threads": settings.worker_threads,
-                    "intra_op_threads": settings.intra_op_threads,
-                    "cpu_count": os.cpu_count()},
+        "model": str(model),
+        "image": image,
+        "image_bytes": len(data),
+        "threads": {
+            "worker_threads": settings.worker_threads,
+            "intra_op_threads": settings.intra_op_threads,
+            "cpu_count": os.cpu_count(),
+        },
         "settings": {k: str(v) for k, v in settings.model_dump().items()},
-        "limit_images_per_s": best.images_per_s, "limit_batch_size": best.batch_size,
+        "limit_images_per_s": best.images_per_s,
+        "limit_batch_size": best.batch_size,
         "single_image_ms": single.stage_ms.total if single else None,
         "load_average": str(load_average()),
         "batches": [asdict(r) | {"stage_total_ms": r.stage_ms.total} for r in results],
@@ -176,10 +184,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     parser.add_argument("--seconds", type=float, default=3.0, help="pipelined run per batch size")
     parser.add_argument("--repeat", type=int, default=5, help="stage timings: best of N")
-    parser.add_argument("--set", dest="settings", action="append", default=[],
-                        metavar="SEGSERVE_X=V", help="a server setting (as the env variable)")
-    parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra ONNX Runtime session config entry (as bench.variant)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SEGSERVE_X=V",
+        help="a server setting (as the env variable)",
+    )
+    parser.add_argument(
+        "--ort-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ONNX Runtime session config entry (as bench.variant)",
+    )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     for pair in args.settings:
@@ -187,10 +206,17 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[key] = value
     add_ort_config(args.ort_config)
     print(f"load average: {load_average()}", flush=True)
-    result = run(args.model, args.image, [int(b) for b in args.batch_sizes.split(",")],
-                 args.seconds, args.repeat)
-    print(f"offline limit: {result['limit_images_per_s']:.1f} img/s at batch "
-          f"{result['limit_batch_size']}; single image {result['single_image_ms']:.2f} ms")
+    result = run(
+        args.model,
+        args.image,
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.seconds,
+        args.repeat,
+    )
+    print(
+        f"offline limit: {result['limit_images_per_s']:.1f} img/s at batch "
+        f"{result['limit_batch_size']}; single image {result['single_image_ms']:.2f} ms"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -51,11 +51,23 @@ def command_for(kind: str, model: Path, port: int, variant: list[str] | None = N
             return [sys.executable, "-m", "bench.variant", *variant]
         return [sys.executable, "-m", "service"]
     if kind == "naive":
-        return [sys.executable, "-m", "bench.baselines.naive_server", str(model),
-                "--port", str(port)]
+        return [
+            sys.executable,
+            "-m",
+            "bench.baselines.naive_server",
+            str(model),
+            "--port",
+            str(port),
+        ]
     if kind == "litserve":
-        return [LITSERVE_PYTHON, "-m", "bench.baselines.litserve_server", str(model),
-                "--port", str(port)]
+        return [
+            LITSERVE_PYTHON,
+            "-m",
+            "bench.baselines.litserve_server",
+            str(model),
+            "--port",
+            str(port),
+        ]
     raise ValueError(f"unknown server kind {kind!r}")
 
 
@@ -63,27 +75,42 @@ def segserve_env(model: Path, port: int, settings: dict[str, str]) -> dict[str, 
     """A clean SEGSERVE_ environment serving only ``model``'s repository, on loopback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
     repository = model.parent.parent.parent  # <repo>/<name>/<version>/model.onnx
-    return env | {
-        "SEGSERVE_MODEL_REPOSITORY": str(repository),
-        "SEGSERVE_DEFAULT_MODEL": model.parent.parent.name,
-        "SEGSERVE_HOST": "127.0.0.1", "SEGSERVE_PORT": str(port),
-        # Everything else at its default (JSON access log included): the bench measures what
-        # `python -m service` does out of the box.
-        "SEGSERVE_PROVIDER": "cpu",
-    } | settings
+    return (
+        env
+        | {
+            "SEGSERVE_MODEL_REPOSITORY": str(repository),
+            "SEGSERVE_DEFAULT_MODEL": model.parent.parent.name,
+            "SEGSERVE_HOST": "127.0.0.1",
+            "SEGSERVE_PORT": str(port),
+            # Everything else at its default (JSON access log included): the bench measures what
+            # `python -m service` does out of the box.
+            "SEGSERVE_PROVIDER": "cpu",
+        }
+        | settings
+    )
 
 
 @contextlib.contextmanager
-def serve(kind: str, model: Path, log_path: Path, settings: dict[str, str] | None = None,
-          ready_timeout_s: float = 120.0, variant: list[str] | None = None,
-          ) -> Iterator[RunningServer]:
+def serve(
+    kind: str,
+    model: Path,
+    log_path: Path,
+    settings: dict[str, str] | None = None,
+    ready_timeout_s: float = 120.0,
+    variant: list[str] | None = None,
+) -> Iterator[RunningServer]:
     """Run ``kind`` ("segserve" or "naive") serving ``model`` until the block exits."""
     port = _free_port()
     env = segserve_env(model, port, settings or {})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command_for(kind, model, port, variant), cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command_for(kind, model, port, variant),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = RunningServer(kind, process, f"http://127.0.0.1:{port}", log_path)
     try:
         _wait_ready(server, ready_timeout_s)
@@ -129,8 +156,10 @@ def _wait_ready(server: RunningServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.kind} exited with {server.process.returncode}:\n"
-                               f"{server.log_path.read_text(errors='replace')[-4000:]}")
+            raise RuntimeError(
+                f"{server.kind} exited with {server.process.returncode}:\n"
+                f"{server.log_path.read_text(errors='replace')[-4000:]}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
                 return

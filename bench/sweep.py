@@ -25,13 +25,30 @@ RESULTS = ROOT / "bench" / "results"
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def run_level(kind: str, base_url: str, pid: int, concurrency: int, args: argparse.Namespace,
-              out: Path) -> dict:
+def run_level(
+    kind: str, base_url: str, pid: int, concurrency: int, args: argparse.Namespace, out: Path
+) -> dict:
     command = [
-        sys.executable, "-m", "bench.loadtest", "--url", base_url, "--image", args.image,
-        "--concurrency", str(concurrency), "--duration", str(args.duration),
-        "--warmup", str(args.warmup), "--server-pid", str(pid), "--json", str(out),
-        "--client", args.client, "--no-progress",
+        sys.executable,
+        "-m",
+        "bench.loadtest",
+        "--url",
+        base_url,
+        "--image",
+        args.image,
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--server-pid",
+        str(pid),
+        "--json",
+        str(out),
+        "--client",
+        args.client,
+        "--no-progress",
         *(["--multipart"] if kind in MULTIPART_ONLY else []),
     ]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -52,15 +69,28 @@ def plot(results: dict[str, list[dict]], limit: float | None, path: Path, title:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, rows), colour in zip(results.items(), ("tab:blue", "tab:orange", "tab:green"),
-                                    strict=False):
+    for (name, rows), colour in zip(
+        results.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False
+    ):
         x = [r["throughput_rps"] for r in rows]
         ax.plot(x, [r["latency_ms"]["p50"] for r in rows], "o-", color=colour, label=f"{name} p50")
-        ax.plot(x, [r["latency_ms"]["p99"] for r in rows], "s--", color=colour, alpha=0.6,
-                label=f"{name} p99")
+        ax.plot(
+            x,
+            [r["latency_ms"]["p99"] for r in rows],
+            "s--",
+            color=colour,
+            alpha=0.6,
+            label=f"{name} p99",
+        )
         for r, xi in zip(rows, x, strict=True):
-            ax.annotate(f"c{r['concurrency']}", (xi, r["latency_ms"]["p50"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -10), color=colour)
+            ax.annotate(
+                f"c{r['concurrency']}",
+                (xi, r["latency_ms"]["p50"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, -10),
+                color=colour,
+            )
     if limit:
         ax.axvline(limit, color="black", linestyle=":", label=f"offline limit {limit:.0f} img/s")
     ax.set_xlabel("throughput (requests/s)")
@@ -82,18 +112,36 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--servers", default="segserve,naive",
-                        help="comma-separated: segserve, naive, litserve (needs its own venv)")
+    parser.add_argument(
+        "--servers",
+        default="segserve,naive",
+        help="comma-separated: segserve, naive, litserve (needs its own venv)",
+    )
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_LEVELS)))
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--image", default="small")
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                        help="load client (raw: ~0.1 ms CPU per request, httpx: ~0.9 ms)")
-    parser.add_argument("--set", dest="settings", action="append", default=[],
-                        metavar="SEGSERVE_X=V", help="segserve setting for this sweep")
-    parser.add_argument("--variant", action="append", default=[], metavar="FLAG",
-                        help="run segserve through bench.variant with this flag (repeatable)")
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="load client (raw: ~0.1 ms CPU per request, httpx: ~0.9 ms)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SEGSERVE_X=V",
+        help="segserve setting for this sweep",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="run segserve through bench.variant with this flag (repeatable)",
+    )
     parser.add_argument("--offline-json", type=Path, help="reuse a bench.offline result")
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "images" / "perf-sweep.png")
@@ -105,15 +153,17 @@ def main(argv: list[str] | None = None) -> None:
     tmp = RESULTS / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {load_average()}", flush=True)
-    offline = (json.loads(args.offline_json.read_text()) if args.offline_json
-               else offline_limit(args.model, args.out / "offline.json", settings))
+    offline = (
+        json.loads(args.offline_json.read_text())
+        if args.offline_json
+        else offline_limit(args.model, args.out / "offline.json", settings)
+    )
     limit = offline.get("limit_images_per_s")
 
     results: dict[str, list[dict]] = {}
     for kind in args.servers.split(","):
         rows = []
-        with serve(kind, args.model, tmp / f"{kind}.log", settings,
-                   variant=args.variant) as server:
+        with serve(kind, args.model, tmp / f"{kind}.log", settings, variant=args.variant) as server:
             for c in levels:
                 out = tmp / f"{kind}-c{c}.json"
                 row = run_level(kind, server.base_url, server.pid, c, args, out)
@@ -121,11 +171,21 @@ def main(argv: list[str] | None = None) -> None:
                 print(LoadResult(**row).markdown_row(kind), flush=True)
         results[kind] = rows
 
-    (args.out / "sweep.json").write_text(json.dumps(
-        {"model": str(args.model), "settings": settings, "variant": args.variant,
-         "client": args.client,
-         "offline": offline,
-         "load_average_after": str(load_average()), "results": results}, indent=2) + "\n")
+    (args.out / "sweep.json").write_text(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "settings": settings,
+                "variant": args.variant,
+                "client": args.client,
+                "offline": offline,
+                "load_average_after": str(load_average()),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     table = [LoadResult.markdown_header()]
     table += [LoadResult(**r).markdown_row(kind) for kind, rows in results.items() for r in rows]
     (args.out / "sweep.md").write_text("\n".join(table) + "\n")

@@ -44,15 +44,35 @@ class Verdict:
 
 
 def _loadtest(base_url: str, pid: int, out: Path, *extra: str) -> dict:
-    command = [sys.executable, "-m", "bench.loadtest", "--url", base_url, "--server-pid", str(pid),
-               "--json", str(out), "--no-progress", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.loadtest",
+        "--url",
+        base_url,
+        "--server-pid",
+        str(pid),
+        "--json",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
 def _offline(model: Path, out: Path, settings: list[str], *extra: str) -> dict:
-    command = [sys.executable, "-m", "bench.offline", "--model", str(model), "--json", str(out),
-               *(f"--set={s}" for s in settings), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.offline",
+        "--model",
+        str(model),
+        "--json",
+        str(out),
+        *(f"--set={s}" for s in settings),
+        *extra,
+    ]
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads(out.read_text())
 
@@ -62,10 +82,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
     parser.add_argument("--memory-requests", type=int, default=10_000)
-    parser.add_argument("--set", dest="settings", action="append", default=[],
-                        metavar="SEGSERVE_X=V", help="segserve setting for every step")
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                        help="load client for the targets; c=32 is also run with httpx")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SEGSERVE_X=V",
+        help="segserve setting for every step",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="load client for the targets; c=32 is also run with httpx",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "targets")
     args = parser.parse_args(argv)
     out, tmp = args.out, RESULTS / "tmp"
@@ -75,31 +105,61 @@ def main(argv: list[str] | None = None) -> None:
     duration = ["--duration", str(args.duration), "--warmup", "3", "--client", args.client]
 
     offline = _offline(args.model, out / "offline-small.json", args.settings)
-    offline_large = _offline(args.model, out / "offline-large.json", args.settings,
-                             "--image", "large", "--batch-sizes", "1")
+    offline_large = _offline(
+        args.model,
+        out / "offline-large.json",
+        args.settings,
+        "--image",
+        "large",
+        "--batch-sizes",
+        "1",
+    )
     runs: dict[str, dict] = {}
     with serve("segserve", args.model, tmp / "targets-segserve.log", settings) as server:
-        for name, extra in (("c1-small", ["--concurrency", "1"]),
-                            ("c1-large", ["--concurrency", "1", "--image", "large"]),
-                            ("c32-small", ["--concurrency", "32"]),
-                            ("c32-small-httpx", ["--concurrency", "32", "--client", "httpx"])):
-            runs[name] = _loadtest(server.base_url, server.pid, out / f"{name}.json",
-                                   *duration, *extra)
-            print(f"{name}: {runs[name]['throughput_rps']:.1f} req/s, "
-                  f"p50 {runs[name]['latency_ms']['p50']:.2f} ms", flush=True)
+        for name, extra in (
+            ("c1-small", ["--concurrency", "1"]),
+            ("c1-large", ["--concurrency", "1", "--image", "large"]),
+            ("c32-small", ["--concurrency", "32"]),
+            ("c32-small-httpx", ["--concurrency", "32", "--client", "httpx"]),
+        ):
+            runs[name] = _loadtest(
+                server.base_url, server.pid, out / f"{name}.json", *duration, *extra
+            )
+            print(
+                f"{name}: {runs[name]['throughput_rps']:.1f} req/s, "
+                f"p50 {runs[name]['latency_ms']['p50']:.2f} ms",
+                flush=True,
+            )
         # Open loop (Poisson arrivals) below saturation: the latency a capacity plan can promise.
         for share in OPEN_LOOP_SHARES:
             rate = round(share * runs["c32-small"]["throughput_rps"], 1)
-            runs[f"open-{share:.0%}"] = _loadtest(server.base_url, server.pid,
-                                                  out / f"open-{share:.0%}.json", *duration,
-                                                  "--rate", str(rate))
+            runs[f"open-{share:.0%}"] = _loadtest(
+                server.base_url,
+                server.pid,
+                out / f"open-{share:.0%}.json",
+                *duration,
+                "--rate",
+                str(rate),
+            )
     with serve("segserve", args.model, tmp / "targets-memory.log", settings) as server:
         every = max(1, args.memory_requests // 10)
         runs["memory"] = _loadtest(
-            server.base_url, server.pid, out / "memory.json", "--concurrency", "8",
-            "--client", args.client,
-            "--requests", str(args.memory_requests), "--duration", "900", "--warmup", "0",
-            "--rss-every", str(every))
+            server.base_url,
+            server.pid,
+            out / "memory.json",
+            "--concurrency",
+            "8",
+            "--client",
+            args.client,
+            "--requests",
+            str(args.memory_requests),
+            "--duration",
+            "900",
+            "--warmup",
+            "0",
+            "--rss-every",
+            str(every),
+        )
     load_after = str(load_average())
 
     limit, single = offline["limit_images_per_s"], offline["single_image_ms"]
@@ -108,45 +168,79 @@ def main(argv: list[str] | None = None) -> None:
     rss_first, rss_last = rss[str(every)], rss[str(every * 10)]
     ratio = c1_large["latency_ms"]["p50"] / c1["latency_ms"]["p50"]
     verdicts = [
-        Verdict("throughput at c=32 vs offline limit",
-                f"{c32['throughput_rps']:.1f} req/s = {c32['throughput_rps'] / limit:.3f} x "
-                f"{limit:.1f} img/s", ">= 0.90 x", c32["throughput_rps"] >= 0.9 * limit),
-        Verdict("p50 latency at c=1 vs offline single image",
-                f"{c1['latency_ms']['p50']:.2f} ms vs {single:.2f} ms "
-                f"(+{c1['latency_ms']['p50'] - single:.2f})", "<= +3 ms",
-                c1["latency_ms"]["p50"] <= single + 3.0),
-        Verdict("4000x3000 vs 640x480 JPEG, p50 at c=1",
-                f"{c1_large['latency_ms']['p50']:.2f} / {c1['latency_ms']['p50']:.2f} ms "
-                f"= {ratio:.2f} x", "<= 2 x", ratio <= 2.0),
-        Verdict(f"RSS after {every * 10} vs after {every} requests",
-                f"{rss_last:.1f} / {rss_first:.1f} MiB = {rss_last / rss_first:.3f}",
-                "within 10 %", abs(rss_last / rss_first - 1) <= 0.10),
+        Verdict(
+            "throughput at c=32 vs offline limit",
+            f"{c32['throughput_rps']:.1f} req/s = {c32['throughput_rps'] / limit:.3f} x "
+            f"{limit:.1f} img/s",
+            ">= 0.90 x",
+            c32["throughput_rps"] >= 0.9 * limit,
+        ),
+        Verdict(
+            "p50 latency at c=1 vs offline single image",
+            f"{c1['latency_ms']['p50']:.2f} ms vs {single:.2f} ms "
+            f"(+{c1['latency_ms']['p50'] - single:.2f})",
+            "<= +3 ms",
+            c1["latency_ms"]["p50"] <= single + 3.0,
+        ),
+        Verdict(
+            "4000x3000 vs 640x480 JPEG, p50 at c=1",
+            f"{c1_large['latency_ms']['p50']:.2f} / {c1['latency_ms']['p50']:.2f} ms "
+            f"= {ratio:.2f} x",
+            "<= 2 x",
+            ratio <= 2.0,
+        ),
+        Verdict(
+            f"RSS after {every * 10} vs after {every} requests",
+            f"{rss_last:.1f} / {rss_first:.1f} MiB = {rss_last / rss_first:.3f}",
+            "within 10 %",
+            abs(rss_last / rss_first - 1) <= 0.10,
+        ),
     ]
-    table = ["| target | measured | bound | verdict |", "|---|---|---|---|",
-             *(v.row() for v in verdicts)]
+    table = [
+        "| target | measured | bound | verdict |",
+        "|---|---|---|---|",
+        *(v.row() for v in verdicts),
+    ]
     # Where the gap to the offline limit goes: CPU per image in-process vs per request served.
     best = max(offline["batches"], key=lambda b: b["images_per_s"])
-    cpu = {"offline_cpu_ms_per_image": best["cpu_ms_per_image"],
-           "server_cpu_ms_per_request_c32": c32["server_cpu_ms_per_request"],
-           "client_cpu_cores_c32": c32["client_cpu_cores"],
-           "client_cpu_cores_c32_httpx": runs["c32-small-httpx"]["client_cpu_cores"]}
+    cpu = {
+        "offline_cpu_ms_per_image": best["cpu_ms_per_image"],
+        "server_cpu_ms_per_request_c32": c32["server_cpu_ms_per_request"],
+        "client_cpu_cores_c32": c32["client_cpu_cores"],
+        "client_cpu_cores_c32_httpx": runs["c32-small-httpx"]["client_cpu_cores"],
+    }
     table.append("")
-    table.append(f"CPU per image: {cpu['offline_cpu_ms_per_image']:.2f} ms offline (batch "
-                 f"{best['batch_size']}), {cpu['server_cpu_ms_per_request_c32']:.2f} ms per "
-                 f"request served at c=32; load client "
-                 f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
-                 f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
-                 f"{runs['c32-small-httpx']['throughput_rps']:.1f} req/s).")
-    table += ["", "| open loop (Poisson) | req/s offered | served | p50 ms | p99 ms |",
-              "|---|---|---|---|---|"]
+    table.append(
+        f"CPU per image: {cpu['offline_cpu_ms_per_image']:.2f} ms offline (batch "
+        f"{best['batch_size']}), {cpu['server_cpu_ms_per_request_c32']:.2f} ms per "
+        f"request served at c=32; load client "
+        f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
+        f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
+        f"{runs['c32-small-httpx']['throughput_rps']:.1f} req/s)."
+    )
+    table += [
+        "",
+        "| open loop (Poisson) | req/s offered | served | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for share in OPEN_LOOP_SHARES:
         r = runs[f"open-{share:.0%}"]
-        table.append(f"| {share:.0%} of c=32 throughput | {r['rate']:g} | "
-                     f"{r['throughput_rps']:.1f} | {r['latency_ms']['p50']:.1f} | "
-                     f"{r['latency_ms']['p99']:.1f} |")
-    summary = {"model": str(args.model), "settings": settings, "load_before": load_before,
-               "load_after": load_after, "offline": offline, "offline_large": offline_large,
-               "runs": runs, "cpu": cpu, "verdicts": [v.__dict__ for v in verdicts]}
+        table.append(
+            f"| {share:.0%} of c=32 throughput | {r['rate']:g} | "
+            f"{r['throughput_rps']:.1f} | {r['latency_ms']['p50']:.1f} | "
+            f"{r['latency_ms']['p99']:.1f} |"
+        )
+    summary = {
+        "model": str(args.model),
+        "settings": settings,
+        "load_before": load_before,
+        "load_after": load_after,
+        "offline": offline,
+        "offline_large": offline_large,
+        "runs": runs,
+        "cpu": cpu,
+        "verdicts": [v.__dict__ for v in verdicts],
+    }
     (out / "targets.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "targets.md").write_text("\n".join(table) + "\n")
     print(f"load average before {load_before}, after {load_after}")

@@ -24,8 +24,9 @@ class Transport(Protocol):
 
 
 class HttpxTransport:
-    def __init__(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float,
-                 connections: int) -> None:
+    def __init__(
+        self, url: str, body: bytes, headers: dict[str, str], timeout_s: float, connections: int
+    ) -> None:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._client = httpx.AsyncClient(timeout=timeout_s, limits=limits)
         self._url, self._body, self._headers = url, body, headers
@@ -88,8 +89,12 @@ class RawTransport:
         parts = urlsplit(url)
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        head = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}",
-                f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+        head = [
+            f"POST {target} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            f"Content-Length: {len(body)}",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         self._request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         self._timeout_s = timeout_s
         self._idle: list[_Connection] = []

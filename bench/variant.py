@@ -38,15 +38,21 @@ def add_ort_config(pairs: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
-                        help="ONNX Runtime session config entry, added to segserve's options")
+    parser.add_argument(
+        "--ort-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ONNX Runtime session config entry, added to segserve's options",
+    )
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto")
     args = parser.parse_args()
 
     add_ort_config(args.ort_config)
     entry.uvicorn.Config = functools.partial(  # type: ignore[misc]
-        uvicorn.Config, loop=args.loop, http=args.http)
+        uvicorn.Config, loop=args.loop, http=args.http
+    )
     return entry.main()
 
 

@@ -81,8 +81,13 @@ class ModelLoadError(Exception):
 def problem(
     status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"type": f"urn:segserve:problem:{code}", "title": title, "status": status,
-            "detail": detail, "code": code}
+    body = {
+        "type": f"urn:segserve:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -116,5 +121,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "internal_error", "Internal server error",
-                       "The server failed to process the request.")
+        return problem(
+            500,
+            "internal_error",
+            "Internal server error",
+            "The server failed to process the request.",
+        )

@@ -104,8 +104,7 @@ def _decode(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) -> D
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise PayloadTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels; "
-            f"the limit is {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
     orientation = _orientation(image)
 

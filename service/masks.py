@@ -125,16 +125,18 @@ def encode_rle(labels: np.ndarray, classes: Sequence[model_card.ClassInfo]) -> l
         lo, hi = bounds[i], bounds[i + 1]
         class_starts, class_ends = starts[lo:hi], ends[lo:hi]
         info = known.get(class_id)
-        masks.append({
-            "class_id": class_id,
-            "label": info.label if info is not None else f"class_{class_id}",
-            "color": list(info.color if info is not None else UNKNOWN_CLASS_COLOR),
-            "area": int((class_ends - class_starts).sum()),
-            "rle": {
-                "size": [height, width],
-                "counts": _compress_counts(_class_counts(class_starts, class_ends, flat.size)),
-            },
-        })
+        masks.append(
+            {
+                "class_id": class_id,
+                "label": info.label if info is not None else f"class_{class_id}",
+                "color": list(info.color if info is not None else UNKNOWN_CLASS_COLOR),
+                "area": int((class_ends - class_starts).sum()),
+                "rle": {
+                    "size": [height, width],
+                    "counts": _compress_counts(_class_counts(class_starts, class_ends, flat.size)),
+                },
+            }
+        )
     return masks
 
 

@@ -20,8 +20,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _Job = tuple[
-    asyncio.AbstractEventLoop, "asyncio.Future[Any]", contextvars.Context, Callable[..., Any],
-    tuple[Any, ...], dict[str, Any],
+    asyncio.AbstractEventLoop,
+    "asyncio.Future[Any]",
+    contextvars.Context,
+    Callable[..., Any],
+    tuple[Any, ...],
+    dict[str, Any],
 ]
 
 

@@ -123,12 +123,20 @@ def start_server(
     """Start ``python -m service`` on 127.0.0.1 with ``env`` on top of a clean SEGSERVE_ env."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
-    full_env |= {"SEGSERVE_HOST": "127.0.0.1", "SEGSERVE_PORT": str(port),
-                 "SEGSERVE_PROVIDER": "cpu", "SEGSERVE_LOG_LEVEL": "info", **env}
+    full_env |= {
+        "SEGSERVE_HOST": "127.0.0.1",
+        "SEGSERVE_PORT": str(port),
+        "SEGSERVE_PROVIDER": "cpu",
+        "SEGSERVE_LOG_LEVEL": "info",
+        **env,
+    }
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=full_env,
-        stdout=log_file, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     if wait_ready:

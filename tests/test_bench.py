@@ -96,18 +96,43 @@ def test_offline_pipeline_gives_the_models_answer(tiny_model: Path) -> None:
     assert np.all(np.asarray(mask) == 1)
 
 
-@pytest.mark.parametrize(("kind", "client"), [("segserve", "httpx"), ("segserve", "raw"),
-                                              ("naive", "raw")])
-def test_loadtest_closed_and_open_loop(kind: str, client: str, tiny_model: Path,
-                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "client"), [("segserve", "httpx"), ("segserve", "raw"), ("naive", "raw")]
+)
+def test_loadtest_closed_and_open_loop(
+    kind: str, client: str, tiny_model: Path, tmp_path: Path
+) -> None:
     body = sample_jpeg("small")
     with serve(kind, tiny_model, tmp_path / f"{kind}.log", ready_timeout_s=60) as server:
-        closed = run(LoadSpec(base_url=server.base_url, body=body, concurrency=4, requests=24,
-                              duration_s=30, warmup_s=0.2, server_pid=server.pid, rss_every=8,
-                              check=5, progress=False, client=client))
-        opened = run(LoadSpec(base_url=server.base_url, body=body, rate=40.0, requests=16,
-                              duration_s=30, warmup_s=0.0, check=5, progress=False,
-                              client=client, multipart=kind == "segserve"))
+        closed = run(
+            LoadSpec(
+                base_url=server.base_url,
+                body=body,
+                concurrency=4,
+                requests=24,
+                duration_s=30,
+                warmup_s=0.2,
+                server_pid=server.pid,
+                rss_every=8,
+                check=5,
+                progress=False,
+                client=client,
+            )
+        )
+        opened = run(
+            LoadSpec(
+                base_url=server.base_url,
+                body=body,
+                rate=40.0,
+                requests=16,
+                duration_s=30,
+                warmup_s=0.0,
+                check=5,
+                progress=False,
+                client=client,
+                multipart=kind == "segserve",
+            )
+        )
     assert (closed.requests, closed.ok, closed.status_counts) == (24, 24, {"200": 24})
     assert closed.checked == 5
     assert closed.check_failures == []
@@ -122,9 +147,26 @@ def test_sweep_draws_latency_against_throughput(tiny_model: Path, tmp_path: Path
     offline_json = tmp_path / "offline.json"
     offline_json.write_text(json.dumps({"limit_images_per_s": 500.0}))
     png = tmp_path / "sweep.png"
-    sweep.main(["--model", str(tiny_model), "--servers", "naive", "--concurrency", "1,2",
-                "--duration", "1", "--warmup", "0.2", "--offline-json", str(offline_json),
-                "--out", str(tmp_path / "out"), "--png", str(png)])
+    sweep.main(
+        [
+            "--model",
+            str(tiny_model),
+            "--servers",
+            "naive",
+            "--concurrency",
+            "1,2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--offline-json",
+            str(offline_json),
+            "--out",
+            str(tmp_path / "out"),
+            "--png",
+            str(png),
+        ]
+    )
     rows = json.loads((tmp_path / "out" / "sweep.json").read_text())["results"]["naive"]
     assert [r["concurrency"] for r in rows] == [1, 2]
     assert all(r["ok"] > 0 for r in rows)
@@ -140,8 +182,9 @@ def test_levers_argmax_folding_matches_numpy(tiny_model: Path) -> None:
     proto = onnx.load(tiny_model)
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     plain = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    folded = ort.InferenceSession(with_argmax(proto).SerializeToString(),
-                                  providers=["CPUExecutionProvider"])
+    folded = ort.InferenceSession(
+        with_argmax(proto).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     logits = plain.run(None, {"input": x})[0]
     labels = folded.run(None, {"input": x})[0]
     assert labels.dtype == np.uint8

@@ -115,8 +115,10 @@ def test_16_bit_rgb_png_keeps_the_high_byte() -> None:
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
     header = struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0)
     data = (
-        b"\x89PNG\r\n\x1a\n" + images._png_chunk(b"IHDR", header)
-        + images._png_chunk(b"IDAT", zlib.compress(rows)) + images._png_chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + images._png_chunk(b"IHDR", header)
+        + images._png_chunk(b"IDAT", zlib.compress(rows))
+        + images._png_chunk(b"IEND", b"")
     )
 
     decoded = decode(data, max_pixels=MAX_PIXELS)
@@ -257,8 +259,10 @@ def _truncated_jpeg() -> bytes:
 
 
 def _truncated_png() -> bytes:
-    data = images.encode(Image.fromarray(np.random.default_rng(0).integers(
-        0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
+    data = images.encode(
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+        "PNG",
+    )
     return data[: len(data) // 2]
 
 
@@ -279,8 +283,20 @@ def _truncated_png() -> bytes:
         images.png_with_short_ihdr(),
         images.tiff_with_tag_type(278, 5),  # RowsPerStrip as a RATIONAL: "invalid extents"
     ],
-    ids=["empty", "one-byte", "random", "truncated-jpeg", "truncated-png", "png-bad-crc",
-         "jpeg-signature-only", "ppm", "ico", "svg", "png-short-ihdr", "tiff-bad-tag-type"],
+    ids=[
+        "empty",
+        "one-byte",
+        "random",
+        "truncated-jpeg",
+        "truncated-png",
+        "png-bad-crc",
+        "jpeg-signature-only",
+        "ppm",
+        "ico",
+        "svg",
+        "png-short-ihdr",
+        "tiff-bad-tag-type",
+    ],
 )
 def test_bad_bytes_are_invalid_images(data: bytes) -> None:
     with pytest.raises(InvalidImage):
@@ -289,8 +305,14 @@ def test_bad_bytes_are_invalid_images(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "media_type"),
-    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp"),
-     ("BMP", "image/bmp"), ("TIFF", "image/tiff"), ("GIF", "image/gif")],
+    [
+        ("JPEG", "image/jpeg"),
+        ("PNG", "image/png"),
+        ("WEBP", "image/webp"),
+        ("BMP", "image/bmp"),
+        ("TIFF", "image/tiff"),
+        ("GIF", "image/gif"),
+    ],
 )
 def test_sniff_media_type(fmt: str, media_type: str) -> None:
     assert sniff_media_type(images.encode(images.quadrants(), fmt)) == media_type
@@ -302,8 +324,10 @@ def test_sniff_media_type_unknown(data: bytes) -> None:
 
 
 def test_concurrent_decodes_agree_with_sequential_ones() -> None:
-    payloads = [images.encode(images.quadrants(64 + 8 * i, 48), fmt)
-                for i, fmt in enumerate(["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"] * 3)]
+    payloads = [
+        images.encode(images.quadrants(64 + 8 * i, 48), fmt)
+        for i, fmt in enumerate(["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"] * 3)
+    ]
     sequential = [np.asarray(decode(p, max_pixels=MAX_PIXELS).image) for p in payloads]
 
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -327,8 +351,10 @@ def _normalised(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def test_prepare_normalises_exactly() -> None:
-    pixels = np.array([[[0, 128, 255], [1, 2, 3], [255, 0, 7]],
-                       [[10, 20, 30], [254, 253, 252], [99, 100, 101]]], dtype=np.uint8)
+    pixels = np.array(
+        [[[0, 128, 255], [1, 2, 3], [255, 0, 7]], [[10, 20, 30], [254, 253, 252], [99, 100, 101]]],
+        dtype=np.uint8,
+    )
 
     x = prepare(Image.fromarray(pixels), SPEC)
 
@@ -357,8 +383,9 @@ def test_prepare_stretches_to_the_input_size() -> None:
 
     assert x.shape == (3, 20, 30)
     pixel = np.rint(x * 255).astype(int)
-    for (row, col), colour in zip([(2, 2), (2, 27), (17, 2), (17, 27)], images.QUADRANT_COLOURS,
-                                  strict=True):
+    for (row, col), colour in zip(
+        [(2, 2), (2, 27), (17, 2), (17, 27)], images.QUADRANT_COLOURS, strict=True
+    ):
         assert tuple(pixel[:, row, col]) == colour
 
 

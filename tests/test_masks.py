@@ -26,8 +26,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 rng = np.random.default_rng(20261124)
 
 PALETTE = voc_palette(5)
-CLASSES = [ClassInfo(id=i, label=name, color=PALETTE[i])
-           for i, name in enumerate(["background", "disc", "square", "triangle", "ring"])]
+CLASSES = [
+    ClassInfo(id=i, label=name, color=PALETTE[i])
+    for i, name in enumerate(["background", "disc", "square", "triangle", "ring"])
+]
 
 
 def coco_encode(mask: np.ndarray) -> dict:
@@ -177,7 +179,7 @@ def test_encode_png_is_a_palette_png_of_class_ids() -> None:
     colours = np.asarray(image.getpalette("RGB"), dtype=np.uint8).reshape(-1, 3)
     assert len(colours) == 256
     np.testing.assert_array_equal(colours[: len(PALETTE)], PALETTE)
-    assert not colours[len(PALETTE):].any()
+    assert not colours[len(PALETTE) :].any()
     # Viewed as a picture, each pixel shows its class colour.
     np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(PALETTE)[labels])
 

@@ -21,17 +21,18 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Pillow's notes on the damaged inputs
 ]
 
-BOUNDED = settings(max_examples=150, deadline=None,
-                   suppress_health_check=[HealthCheck.too_slow])
+BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 shapes = st.tuples(st.integers(1, 48), st.integers(1, 48))
 # Masks with long runs as well as noise: runs of a random value, so both kinds of mask occur.
 masks = shapes.flatmap(
     lambda shape: st.one_of(
         arrays(np.bool_, shape),
-        st.lists(st.tuples(st.booleans(), st.integers(1, shape[0] * shape[1])), min_size=1)
-        .map(lambda runs: np.resize(np.repeat([v for v, _ in runs], [n for _, n in runs]),
-                                    shape).astype(bool)),
+        st.lists(st.tuples(st.booleans(), st.integers(1, shape[0] * shape[1])), min_size=1).map(
+            lambda runs: np.resize(
+                np.repeat([v for v, _ in runs], [n for _, n in runs]), shape
+            ).astype(bool)
+        ),
     )
 )
 
@@ -122,8 +123,18 @@ def test_damaged_images_decode_or_raise_typed_errors(data: bytes) -> None:
 
 
 @BOUNDED
-@given(st.binary(max_size=512) | st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a",
-                                                  b"RIFF\x00\x00\x00\x00WEBP", b"BM", b"II*\x00"])
-       .flatmap(lambda magic: st.binary(max_size=256).map(lambda tail: magic + tail)))
+@given(
+    st.binary(max_size=512)
+    | st.sampled_from(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            b"\xff\xd8\xff",
+            b"GIF89a",
+            b"RIFF\x00\x00\x00\x00WEBP",
+            b"BM",
+            b"II*\x00",
+        ]
+    ).flatmap(lambda magic: st.binary(max_size=256).map(lambda tail: magic + tail))
+)
 def test_arbitrary_bytes_decode_or_raise_typed_errors(data: bytes) -> None:
     _decode_or_typed_error(data)

@@ -72,10 +72,13 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     args = parser.parse_args()
-    api = SegmentAPI(args.model, max_batch_size=args.max_batch_size,
-                     batch_timeout=args.batch_timeout, api_path="/segment")
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1,
-                          healthcheck_path="/readyz")
+    api = SegmentAPI(
+        args.model,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        api_path="/segment",
+    )
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, healthcheck_path="/readyz")
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 
 
