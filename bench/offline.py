@@ -7,7 +7,7 @@ It imports the service's functions (``service.imaging``, ``service.masks``, ``se
 rather than re-implementing them, and gives them the server's thread budget, read from the same
 ``Settings`` (so ``SEGSERVE_*`` variables or ``--set`` change both alike):
 
-- decode/prepare and resize/encode run on ``worker_threads`` pool threads (the server's pool);
+- decode/prepare and encode run on ``worker_threads`` pool threads (the server's pool);
 - inference runs on the session that ``service.runtime`` builds, with the same ORT options
   (``intra_op_threads``, graph optimisation, spinning) and the same label output (uint8).
 
@@ -48,12 +48,11 @@ class StageMs:
     decode: float
     prepare: float
     infer: float
-    resize: float
-    encode: float
+    encode: float  # labels scaled to the image's size while encoding, as the server does
 
     @property
     def total(self) -> float:
-        return self.decode + self.prepare + self.infer + self.resize + self.encode
+        return self.decode + self.prepare + self.infer + self.encode
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class Pipeline:
         return self.runner.run(batch)
 
     def back(self, labels: np.ndarray, size: tuple[int, int]) -> bytes:
-        return masks.encode_png(masks.resize_labels(labels, size), self.palette)
+        return masks.encode_png(labels, self.palette, size=size)
 
 
 def _timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -106,9 +105,8 @@ def stage_ms(pipe: Pipeline, data: bytes, batch_size: int, repeat: int) -> Stage
     prepare_ms, x = _timed(lambda: imaging.prepare(decoded.image, spec), repeat)
     batch = np.ascontiguousarray(np.broadcast_to(x, (batch_size, *x.shape)))
     infer_ms, labels = _timed(lambda: pipe.infer(batch), repeat)
-    resize_ms, full = _timed(lambda: masks.resize_labels(labels[0], decoded.size), repeat)
-    encode_ms, _ = _timed(lambda: masks.encode_png(full, pipe.palette), repeat)
-    return StageMs(decode_ms, prepare_ms, infer_ms / batch_size, resize_ms, encode_ms)
+    encode_ms, _ = _timed(lambda: pipe.back(labels[0], decoded.size), repeat)
+    return StageMs(decode_ms, prepare_ms, infer_ms / batch_size, encode_ms)
 
 
 def pipelined(

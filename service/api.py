@@ -143,25 +143,25 @@ def _encode(
     served: ServedModel,
     alpha: float,
 ) -> bytes:
-    card = served.card
-    full = masks.resize_labels(labels, decoded.size)
+    card, size = served.card, decoded.size
+    # png and rle scale the model-sized labels to the image's size as they encode.
     if fmt is OutputFormat.png:
-        return masks.encode_png(full, card.palette())
+        return masks.encode_png(labels, card.palette(), size=size)
     if fmt is OutputFormat.rle:
-        width, height = decoded.size
+        width, height = size
         return orjson.dumps(
             {
                 "model": served.ref.name,
                 "version": served.ref.version,
                 "width": width,
                 "height": height,
-                "masks": masks.encode_rle(full, card.classes),
+                "masks": masks.encode_rle(labels, card.classes, size=size),
             }
         )
     image = decoded.image
-    if image.size != decoded.size:  # decoders may hand back a reduced scale; blend at full size
-        image = image.resize(decoded.size)
-    return masks.encode_overlay(image, full, card.palette(), alpha)
+    if image.size != size:  # decoders may hand back a reduced scale; blend at full size
+        image = image.resize(size)
+    return masks.encode_overlay(image, masks.resize_labels(labels, size), card.palette(), alpha)
 
 
 # -- models, health, metrics --------------------------------------------------------------------

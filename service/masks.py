@@ -1,7 +1,9 @@
 """The pixel output end: a uint8 label map -> palette PNG, COCO RLE or overlay.
 
-COCO RLE is produced without pycocotools: runs come from one vectorised pass over the
-column-major label map, and the compressed string is built with array operations.
+PNG and RLE take the model-sized label map and the image's size and never build the full-size
+map: a nearest-neighbour upscale only repeats rows and columns, so the PNG is written from the
+distinct rows (``service.png``) and the RLE runs from the distinct columns. COCO RLE is produced
+without pycocotools, with array operations only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service import model_card
+from service import model_card, png
 
 RGB = model_card.RGB
 
@@ -45,15 +47,34 @@ def _nearest(n: int, new_n: int) -> np.ndarray:
     return (2 * np.arange(new_n, dtype=np.int64) + 1) * n // (2 * new_n)
 
 
-def encode_png(labels: np.ndarray, palette: Sequence[RGB], *, compress_level: int = 1) -> bytes:
-    """A palette ("P") PNG: pixel value = class id, palette entry i = the colour of class i.
+def _runs(n: int, new_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_nearest`` as runs: the input indices used, in order, and how many outputs take each."""
+    index, repeats = np.unique(_nearest(n, new_n), return_counts=True)  # sorted already
+    return index, repeats
+
+
+def _target_size(labels: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
+    return size if size is not None else (labels.shape[1], labels.shape[0])
+
+
+def encode_png(
+    labels: np.ndarray,
+    palette: Sequence[RGB],
+    *,
+    size: tuple[int, int] | None = None,
+    compress_level: int = 1,
+) -> bytes:
+    """A palette ("P") PNG of ``labels`` resized to ``size`` (W, H) as ``resize_labels`` does
+    (default: as is): pixel value = class id, palette entry i = the colour of class i.
 
     The palette always has 256 entries (unused ones black) so the PNG stays 8-bit and every
     possible label value has an entry.
     """
     _check_labels(labels)
-    image = _palette_image(labels, palette)
-    return _png(image, compress_level)
+    width, height = _target_size(labels, size)
+    rows, repeats = _runs(labels.shape[0], height)
+    pixels = labels.take(rows, axis=0).take(_nearest(labels.shape[1], width), axis=1)
+    return png.palette_png(pixels, repeats, _palette_array(palette).tobytes(), level=compress_level)
 
 
 def encode_overlay(
@@ -101,8 +122,14 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [height, width], "counts": _compress_counts(counts)}
 
 
-def encode_rle(labels: np.ndarray, classes: Sequence[model_card.ClassInfo]) -> list[dict[str, Any]]:
-    """One COCO RLE mask per class present in ``labels`` (area > 0), ordered by class id.
+def encode_rle(
+    labels: np.ndarray,
+    classes: Sequence[model_card.ClassInfo],
+    *,
+    size: tuple[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """One COCO RLE mask per class present in ``labels`` resized to ``size`` (W, H) as
+    ``resize_labels`` does (default: as is), with area > 0, ordered by class id.
 
     Each entry: ``{"class_id", "label", "color": [r, g, b], "area", "rle": {"size", "counts"}}``.
     A label value with no entry in ``classes`` (a model emitting more classes than its card
@@ -110,9 +137,13 @@ def encode_rle(labels: np.ndarray, classes: Sequence[model_card.ClassInfo]) -> l
     failing the request; the masks then still partition the image.
     """
     _check_labels(labels)
-    height, width = labels.shape
-    flat = labels.ravel(order="F")
-    starts, ends, values = _segments(flat)
+    width, height = _target_size(labels, size)
+    columns, repeats = _runs(labels.shape[1], width)
+    # The distinct columns, each scaled to full height and laid out contiguously (column-major).
+    distinct = np.ascontiguousarray(labels.take(columns, axis=1).T)
+    distinct = distinct.take(_nearest(labels.shape[0], height), axis=1)
+    starts, ends, values = _column_major_segments(distinct, repeats)
+    n_pixels = width * height
     # Group the segments by class; a stable sort keeps each class's segments in pixel order.
     order = np.argsort(values, kind="stable")
     starts, ends, values = starts[order], ends[order], values[order]
@@ -133,7 +164,7 @@ def encode_rle(labels: np.ndarray, classes: Sequence[model_card.ClassInfo]) -> l
                 "area": int((class_ends - class_starts).sum()),
                 "rle": {
                     "size": [height, width],
-                    "counts": _compress_counts(_class_counts(class_starts, class_ends, flat.size)),
+                    "counts": _compress_counts(_class_counts(class_starts, class_ends, n_pixels)),
                 },
             }
         )
@@ -148,6 +179,40 @@ def _segments(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if flat.size == 0:
         starts, ends = starts[:0], ends[:0]
     return starts, ends, flat[starts]
+
+
+def _column_major_segments(
+    columns: np.ndarray, repeats: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_segments`` of the column-major mask whose column j of ``columns`` (n, H) is repeated
+    ``repeats[j]`` times: each distinct column is scanned once, its segments are copied to each
+    repeat with the repeat's offset, and segments that continue across a column boundary merge.
+    """
+    n, height = columns.shape
+    flat = columns.ravel()
+    first = np.empty(flat.size, dtype=bool)  # a segment starts here within its column
+    first[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=first[1:])
+    first[::height] = True
+    local = np.flatnonzero(first)
+    per_column = np.bincount(local // height, minlength=n)
+    column_start = np.cumsum(per_column) - per_column  # index in ``local`` of column j's first
+    # For every output column: which distinct column it shows, and its segments' indices.
+    shown = np.repeat(np.arange(n), repeats)
+    counts = per_column[shown]
+    total = int(counts.sum())
+    gather = np.arange(total) + np.repeat(
+        column_start[shown] - (np.cumsum(counts) - counts), counts
+    )
+    output_column = np.repeat(np.arange(shown.size, dtype=np.int64), counts)
+    starts = output_column * height + local[gather] % height
+    values = flat[local[gather]]
+    keep = np.empty(total, dtype=bool)  # merge a segment into the previous one of equal value
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    starts, values = starts[keep], values[keep]
+    ends = np.append(starts[1:], shown.size * height)
+    return starts, ends, values
 
 
 def _class_counts(starts: np.ndarray, ends: np.ndarray, n: int) -> np.ndarray:

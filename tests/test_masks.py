@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -251,3 +252,70 @@ def test_resize_labels_same_size_is_identity() -> None:
     labels = _shapes()
 
     np.testing.assert_array_equal(resize_labels(labels, (160, 120)), labels)
+
+
+# -- scaled encoding: png and rle of the resized map, without building it -----------------------
+# (rows, cols) of the model's map -> (W, H) of the image: upscales with repeats short enough to
+# be written out and long enough for service.png to reuse compressed rows, downscales, identity.
+SCALINGS = [
+    ((128, 128), (640, 480)),
+    ((128, 128), (4000, 3000)),
+    ((7, 9), (2500, 301)),
+    ((5, 3), (17, 1)),
+    ((1, 1), (3000, 40)),
+    ((64, 48), (20, 30)),
+    ((30, 40), (40, 30)),
+]
+
+
+def _idat_stream(data: bytes) -> bytes:
+    """The PNG's zlib stream, after checking every chunk's CRC (Pillow does not check IDAT's)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        crc = int.from_bytes(data[pos + 8 + length : pos + 12 + length], "big")
+        assert crc == zlib.crc32(kind + body), kind
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + length
+    return idat
+
+
+@pytest.mark.parametrize(("shape", "size"), SCALINGS)
+def test_encode_png_with_size_equals_the_resized_map(shape, size) -> None:
+    labels = rng.integers(0, 5, shape).astype(np.uint8)
+    expected = resize_labels(labels, size)
+
+    data = encode_png(labels, PALETTE, size=size)
+
+    image = _decode_png(data)
+    assert (image.mode, image.size) == ("P", size)
+    np.testing.assert_array_equal(np.asarray(image), expected)
+    # zlib checks the stream's Adler-32, which service.png computes for the rows it reuses.
+    raw = np.frombuffer(zlib.decompress(_idat_stream(data)), np.uint8).reshape(size[1], -1)
+    assert raw.shape[1] == size[0] + 1
+    assert set(np.unique(raw[:, 0])) <= {0, 2}  # unfiltered rows and "Up" repeats only
+
+
+def test_encode_png_reuses_rows_for_big_upscales() -> None:
+    labels = _shapes(128, 128)
+    small = encode_png(labels, PALETTE, size=(4000, 3000))
+    # The same pixels compressed as a whole are a little smaller: the reuse costs flushes.
+    whole = encode_png(resize_labels(labels, (4000, 3000)), PALETTE)
+
+    assert len(small) < 2 * len(whole)
+    np.testing.assert_array_equal(np.asarray(_decode_png(small)), np.asarray(_decode_png(whole)))
+
+
+@pytest.mark.parametrize(("shape", "size"), SCALINGS)
+def test_encode_rle_with_size_equals_pycocotools_on_the_resized_map(shape, size) -> None:
+    labels = _shapes(*shape) if min(shape) >= 8 else rng.integers(0, 5, shape).astype(np.uint8)
+    expected = resize_labels(labels, size)
+
+    masks = encode_rle(labels, CLASSES, size=size)
+
+    assert [m["class_id"] for m in masks] == np.unique(expected).tolist()
+    for entry in masks:
+        assert entry["rle"] == coco_encode(expected == entry["class_id"])
+        assert entry["area"] == int((expected == entry["class_id"]).sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,7 @@ from pycocotools import mask as coco
 
 from service.errors import InvalidImage, PayloadTooLarge
 from service.imaging import decode
-from service.masks import encode_rle, rle_encode
+from service.masks import encode_png, encode_rle, resize_labels, rle_encode
 from service.model_card import ClassInfo, voc_palette
 from tests import images
 
@@ -138,3 +140,22 @@ def test_damaged_images_decode_or_raise_typed_errors(data: bytes) -> None:
 )
 def test_arbitrary_bytes_decode_or_raise_typed_errors(data: bytes) -> None:
     _decode_or_typed_error(data)
+
+
+@BOUNDED
+@given(
+    shapes.flatmap(lambda shape: arrays(np.uint8, shape, elements=st.integers(0, 5))),
+    st.tuples(st.integers(1, 3000), st.integers(1, 300)),
+)
+def test_scaled_png_and_rle_equal_encoding_the_resized_map(
+    labels: np.ndarray, size: tuple[int, int]
+) -> None:
+    resized = resize_labels(labels, size)
+
+    png = Image.open(io.BytesIO(encode_png(labels, voc_palette(6), size=size)))
+    np.testing.assert_array_equal(np.asarray(png), resized)
+    entries = encode_rle(labels, CLASSES, size=size)
+    assert [e["class_id"] for e in entries] == np.unique(resized).tolist()
+    for entry in entries:
+        reference = coco.encode(np.asfortranarray((resized == entry["class_id"]).astype(np.uint8)))
+        assert entry["rle"]["counts"] == reference["counts"].decode("ascii")
