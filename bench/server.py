@@ -20,10 +20,14 @@ from bench import procstat
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPOSITORY = ROOT / "models"
 DEFAULT_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "1" / "model.onnx"
-# LitServe lives in its own venv (never in .venv): see docs/PERFORMANCE.md.
-LITSERVE_PYTHON = os.environ.get("LITSERVE_PYTHON", "/tmp/litserve-venv/bin/python")
+# The framework baselines live in their own venvs (never in .venv): see docs/PERFORMANCE.md.
+FRAMEWORK_PYTHON = {
+    "litserve": os.environ.get("LITSERVE_PYTHON", "/tmp/litserve-venv/bin/python"),
+    "bentoml": os.environ.get("BENTOML_PYTHON", "/tmp/bentoml-venv/bin/python"),
+    "rayserve": os.environ.get("RAYSERVE_PYTHON", "/tmp/rayserve-venv/bin/python"),
+}
 # Servers that take the image as multipart/form-data only.
-MULTIPART_ONLY = frozenset({"litserve"})
+MULTIPART_ONLY = frozenset(FRAMEWORK_PYTHON)
 
 
 @dataclass
@@ -59,11 +63,11 @@ def command_for(kind: str, model: Path, port: int, variant: list[str] | None = N
             "--port",
             str(port),
         ]
-    if kind == "litserve":
+    if kind in FRAMEWORK_PYTHON:
         return [
-            LITSERVE_PYTHON,
+            FRAMEWORK_PYTHON[kind],
             "-m",
-            "bench.baselines.litserve_server",
+            f"bench.baselines.{kind}_server",
             str(model),
             "--port",
             str(port),

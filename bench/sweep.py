@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--servers",
         default="segserve,naive",
-        help="comma-separated: segserve, naive, litserve (needs its own venv)",
+        help="comma-separated: segserve, naive, litserve, bentoml, rayserve (own venvs)",
     )
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_LEVELS)))
     parser.add_argument("--duration", type=float, default=15.0)
