@@ -2,7 +2,8 @@
 
 Life of the process:
 1. ``create_app`` is given the scanned repository (a missing or empty one fails before serving).
-2. The lifespan starts loading in the background so ``/healthz`` answers at once: sessions are
+2. The lifespan starts loading in the background so ``/healthz`` answers at once (with several
+   processes, see ``service.processes``, each waits for its models before it accepts): sessions are
    created, the card is read and checked, a warm-up batch runs, the batcher starts; then
    ``/readyz`` turns 200. A ``ModelLoadError`` marks the service failed, and ``__main__`` stops
    the server with a non-zero exit code (never a half-ready server).
@@ -111,9 +112,11 @@ class Service:
             concurrency=pool.size,
             name=ref.key,
             wait_for_announced=self.settings.batch_eager,
+            # Set on every change rather than read at scrape time: with several server
+            # processes the scrape is answered by one of them (service/processes.py).
+            on_depth=metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set,
         )
         await batcher.start()
-        metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set_function(lambda: batcher.depth)
         metrics.MODEL_INFO.labels(ref.name, str(ref.version), pool.provider).set(1)
         log.info(
             "loaded %s",
@@ -155,6 +158,10 @@ def create_app(settings: Settings, repository: ModelRepository) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(service.load(), name="load-models")
+        if settings.processes > 1:
+            # Under the supervisor the socket is shared: accepting only once loaded means no
+            # request meets a process that is still loading (service/processes.py).
+            await asyncio.shield(loading)
         try:
             yield
         finally:

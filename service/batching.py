@@ -7,7 +7,8 @@ Public API (everything else is private)::
     await batcher.start()
     done = await batcher.submit(x, deadline=time.monotonic() + 30.0)  # -> Completed
     done.value, done.queued_s, done.run_s, done.batch_size
-    batcher.depth             # items waiting in the queue (not yet in a batch)
+    batcher.depth             # items waiting in the queue (not yet in a batch); on_depth(n)
+                              # is called with the new depth whenever it changes
     batcher.check_capacity()  # raises Overloaded now if submit would (refuse before decoding)
     await batcher.stop()      # refuse new items, finish every queued one, wait for the batches
 
@@ -87,6 +88,7 @@ class Batcher:
         concurrency: int = 1,
         name: str = "batcher",
         wait_for_announced: bool = False,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size, max_queue, concurrency >= 1 and max_delay_s >= 0")
@@ -105,10 +107,15 @@ class Batcher:
         self._stopping = False
         self._wait_for_announced = wait_for_announced
         self._announced = 0  # items being prepared for submit (see announce)
+        self._on_depth = on_depth
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._queue))
 
     @contextlib.contextmanager
     def announce(self) -> Iterator[None]:
@@ -155,6 +162,7 @@ class Batcher:
             lambda done: self._discard(item) if done.cancelled() else None
         )
         self._queue.append(item)
+        self._depth_changed()
         self._arrival.set()
         return item.future
 
@@ -176,6 +184,7 @@ class Batcher:
             item.expiry.cancel()
         with contextlib.suppress(ValueError):
             self._queue.remove(item)
+            self._depth_changed()
 
     def _expire(self, item: _Item) -> None:
         if not item.future.done():
@@ -225,6 +234,7 @@ class Batcher:
                     self._deadline_passed(item)
                 else:
                     items.append(item)
+            self._depth_changed()
             if items:
                 return items
 

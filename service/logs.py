@@ -21,6 +21,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which server process, when SEGSERVE_PROCESSES > 1
         }
         request_id = request_id_var.get()
         if request_id != "-":

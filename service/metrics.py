@@ -1,9 +1,27 @@
-"""Every Prometheus collector of the service, defined once (default registry, so the process and
-platform collectors that prometheus_client registers by default are exported too)."""
+"""Every Prometheus collector of the service, defined once.
+
+One server process: the default registry, so the process and platform collectors that
+prometheus_client registers by default are exported too. Several (``SEGSERVE_PROCESSES``):
+prometheus_client's multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR``, which the
+supervisor sets before it starts them; whichever process answers a scrape reports the sums over
+all of them (gauges: the ``multiprocess_mode`` given with each; no process_* metrics then).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30)
@@ -39,9 +57,14 @@ BATCH_SIZE = Histogram(
     buckets=_BATCH_BUCKETS,
 )
 QUEUE_DEPTH = Gauge(
-    "segserve_queue_depth", "Images waiting in the batcher queue", ["model", "version"]
+    "segserve_queue_depth",
+    "Images waiting in the batcher queue",
+    ["model", "version"],
+    multiprocess_mode="livesum",
 )
-IN_FLIGHT = Gauge("segserve_in_flight_requests", "/segment requests being processed")
+IN_FLIGHT = Gauge(
+    "segserve_in_flight_requests", "/segment requests being processed", multiprocess_mode="livesum"
+)
 REJECTIONS = Counter(
     "segserve_rejections",
     "/segment requests refused, by model and reason (problem code)",
@@ -51,9 +74,14 @@ MODEL_INFO = Gauge(
     "segserve_model_loaded",
     "1 for every loaded model version, with its execution provider",
     ["model", "version", "provider"],
+    multiprocess_mode="livemax",
 )
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of the default registry and its content type."""
+    """The text exposition (of every server process, when there are several) and its type."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

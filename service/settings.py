@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
 
-    # Server
+    # Server. Each of ``processes`` (one port, docs/PERFORMANCE.md) loads the models and has its
+    # own batcher, ``worker_threads`` and ONNX Runtime threads.
+    processes: int = Field(1, ge=1, description="server processes sharing the port")
     worker_threads: int = Field(2, ge=1, description="threads for decode/resize/encode")
     drain_delay_s: float = Field(0.0, ge=0, description="SIGTERM: /readyz 503 this long first")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest wait for in-flight work")

@@ -1,0 +1,86 @@
+"""One server process: uvicorn with segserve's shutdown rules, on its own or under the
+supervisor of ``service.processes``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from types import FrameType
+
+import uvicorn
+
+from service.app import Service, create_app
+from service.errors import ModelLoadError
+from service.repository import ModelRepository
+from service.settings import Settings
+
+log = logging.getLogger("segserve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, plus: SIGTERM turns /readyz 503 at once and keeps serving ``drain_delay_s`` (so
+    load balancers stop sending) before uvicorn stops accepting and lets in-flight requests
+    finish; a failed model load stops the server with exit code 1."""
+
+    def __init__(self, config: uvicorn.Config, service: Service, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self.service = service
+        self.drain_delay_s = drain_delay_s
+        self.stop_at: float | None = None
+        self.drain_announced = False
+        self.exit_code = 0
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not calling super(): uvicorn would re-raise the signal after shutdown, and the process
+        # would die by SIGTERM instead of exiting 0.
+        self.service.begin_drain()
+        if self.stop_at is not None:  # a second signal: stop now; a second Ctrl-C: at once
+            self.should_exit = True
+            self.force_exit = self.force_exit or sig == signal.SIGINT
+            return
+        delay = 0.0 if sig == signal.SIGINT else self.drain_delay_s
+        self.stop_at = time.monotonic() + delay
+
+    async def on_tick(self, counter: int) -> bool:
+        """Every 0.1 s on the event loop (the signal handler only records the signal)."""
+        if self.service.failure is not None:
+            self.exit_code = 1
+            self.should_exit = True
+        if self.stop_at is not None and not self.drain_announced:
+            self.drain_announced = True
+            log.info(
+                "draining: /readyz answers 503; stopping in %.1f s, then finishing "
+                "in-flight requests",
+                max(0.0, self.stop_at - time.monotonic()),
+            )
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Run one server process until it stops; its exit code. ``sockets``: listen on these
+    (already bound by the supervisor) instead of binding ``host``:``port``."""
+    try:
+        repository = ModelRepository.scan(settings.model_repository, settings.default_model)
+    except ModelLoadError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    app = create_app(settings, repository)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # logging is configured above (JSON or text)
+        access_log=False,  # one line per request comes from service.access
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
+        server_header=False,
+        # loop/http "auto": uvloop and httptools when installed (uvicorn[standard]).
+    )
+    server = DrainingServer(config, app.state.service, settings.drain_delay_s)
+    server.run(sockets=sockets)
+    if not server.started:
+        return 1
+    return server.exit_code
