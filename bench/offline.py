@@ -17,18 +17,25 @@ Two figures per batch size:
 - *images/s*: the stages pipelined the way an ideal server would — batch k+1 decoding on the
   pool while batch k infers and batch k-1 encodes. The best over batch sizes is the offline
   limit the HTTP service is compared with.
+
+``--processes N`` runs N such pipelines in N processes at once (each with the settings given,
+e.g. ``--set SEGSERVE_WORKER_THREADS=1``), the layout ``SEGSERVE_PROCESSES=N`` serves with;
+images/s is their sum, each batch size started together.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,7 +146,14 @@ def pipelined(
     return done_images / (time.perf_counter() - t0), cpu_ms
 
 
-def run(model: Path, image: str, batch_sizes: list[int], seconds: float, repeat: int) -> dict:
+def run(
+    model: Path,
+    image: str,
+    batch_sizes: list[int],
+    seconds: float,
+    repeat: int,
+    start_together: Barrier | None = None,
+) -> dict:
     settings = Settings()
     pipe = Pipeline(model, settings)
     data = sample_jpeg(image)
@@ -147,6 +161,8 @@ def run(model: Path, image: str, batch_sizes: list[int], seconds: float, repeat:
     with ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="bench-cpu") as pool:
         for b in batch_sizes:
             stages = stage_ms(pipe, data, b, repeat)
+            if start_together is not None:
+                start_together.wait()
             rate, cpu_ms = pipelined(pipe, data, b, seconds, pool)
             results.append(BatchResult(b, stages, rate, cpu_ms))
             stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(stages).items())
@@ -175,6 +191,34 @@ def run(model: Path, image: str, batch_sizes: list[int], seconds: float, repeat:
     }
 
 
+def run_processes(processes: int, *args: Any) -> dict:
+    """``run`` in ``processes`` processes at once; images/s summed, CPU ms/image averaged."""
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(processes)  # shared by inheritance: passed when each starts
+    answers: multiprocessing.SimpleQueue[dict] = spawn.SimpleQueue()
+    workers = [
+        spawn.Process(target=_run_into, args=(answers, *args, barrier)) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [answers.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    combined = results[0] | {"processes": processes}
+    for i, batch in enumerate(combined["batches"]):
+        rows = [r["batches"][i] for r in results]
+        batch["images_per_s"] = sum(r["images_per_s"] for r in rows)
+        batch["cpu_ms_per_image"] = sum(r["cpu_ms_per_image"] for r in rows) / processes
+    best = max(combined["batches"], key=lambda b: b["images_per_s"])
+    combined["limit_images_per_s"] = best["images_per_s"]
+    combined["limit_batch_size"] = best["batch_size"]
+    return combined
+
+
+def _run_into(answers: multiprocessing.SimpleQueue[dict], *args: Any) -> None:
+    answers.put(run(*args))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -197,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="extra ONNX Runtime session config entry (as bench.variant)",
     )
+    parser.add_argument("--processes", type=int, default=1, help="pipelines run at once")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     for pair in args.settings:
@@ -204,13 +249,15 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[key] = value
     add_ort_config(args.ort_config)
     print(f"load average: {load_average()}", flush=True)
-    result = run(
+    run_args = (
         args.model,
         args.image,
         [int(b) for b in args.batch_sizes.split(",")],
         args.seconds,
         args.repeat,
     )
+    processes = args.processes
+    result = run_processes(processes, *run_args) if processes > 1 else run(*run_args)
     print(
         f"offline limit: {result['limit_images_per_s']:.1f} img/s at batch "
         f"{result['limit_batch_size']}; single image {result['single_image_ms']:.2f} ms"

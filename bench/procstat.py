@@ -1,7 +1,8 @@
 """A server's resident memory and CPU time, read from /proc (Linux), for server-side figures.
 
 A server may be a process tree (LitServe forks inference workers), so both figures cover the
-process and all its descendants. segserve is one process: there the tree is just the process.
+process and all its descendants. segserve is one process, or with SEGSERVE_PROCESSES > 1 a
+supervisor and its server processes.
 """
 
 from __future__ import annotations

@@ -91,6 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         help="segserve setting for every step",
     )
     parser.add_argument(
+        "--server-set",
+        dest="server_settings",
+        action="append",
+        default=[],
+        metavar="SEGSERVE_X=V",
+        help="setting for the server only, e.g. a process layout with the offline run's threads "
+        "in total (SEGSERVE_PROCESSES=2, SEGSERVE_WORKER_THREADS=1, SEGSERVE_INTRA_OP_THREADS=1)",
+    )
+    parser.add_argument(
         "--client",
         choices=["raw", "httpx"],
         default="raw",
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out, tmp = args.out, RESULTS / "tmp"
     out.mkdir(parents=True, exist_ok=True)
-    settings = dict(s.split("=", 1) for s in args.settings)
+    settings = dict(s.split("=", 1) for s in [*args.settings, *args.server_settings])
     load_before = str(load_average())
     duration = ["--duration", str(args.duration), "--warmup", "3", "--client", args.client]
 
