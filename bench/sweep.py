@@ -23,6 +23,15 @@ from bench.server import DEFAULT_MODEL, MULTIPART_ONLY, ROOT, serve
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32, 64)
+# segserve with another process layout, the same threads in total as the default one.
+SEGSERVE_LAYOUTS = {
+    "segserve-2p": {
+        "SEGSERVE_PROCESSES": "2",
+        "SEGSERVE_WORKER_THREADS": "1",
+        "SEGSERVE_INTRA_OP_THREADS": "1",
+    },
+}
+COLOURS = ("tab:blue", "tab:cyan", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
 def run_level(
@@ -69,9 +78,7 @@ def plot(results: dict[str, list[dict]], limit: float | None, path: Path, title:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, rows), colour in zip(
-        results.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False
-    ):
+    for (name, rows), colour in zip(results.items(), COLOURS, strict=False):
         x = [r["throughput_rps"] for r in rows]
         ax.plot(x, [r["latency_ms"]["p50"] for r in rows], "o-", color=colour, label=f"{name} p50")
         ax.plot(
@@ -115,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--servers",
         default="segserve,naive",
-        help="comma-separated: segserve, naive, litserve, bentoml, rayserve (own venvs)",
+        help="comma-separated: segserve, segserve-2p (2 processes, same threads in total), naive, "
+        "litserve, bentoml, rayserve (own venvs)",
     )
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_LEVELS)))
     parser.add_argument("--duration", type=float, default=15.0)
@@ -163,7 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict]] = {}
     for kind in args.servers.split(","):
         rows = []
-        with serve(kind, args.model, tmp / f"{kind}.log", settings, variant=args.variant) as server:
+        server_kind, layout = (
+            ("segserve", SEGSERVE_LAYOUTS[kind]) if kind in SEGSERVE_LAYOUTS else (kind, {})
+        )
+        with serve(
+            server_kind, args.model, tmp / f"{kind}.log", settings | layout, variant=args.variant
+        ) as server:
             for c in levels:
                 out = tmp / f"{kind}-c{c}.json"
                 row = run_level(kind, server.base_url, server.pid, c, args, out)
