@@ -77,7 +77,7 @@ def plot(results: dict[str, list[dict]], limit: float | None, path: Path, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for (name, rows), colour in zip(results.items(), COLOURS, strict=False):
         x = [r["throughput_rps"] for r in rows]
         ax.plot(x, [r["latency_ms"]["p50"] for r in rows], "o-", color=colour, label=f"{name} p50")
@@ -105,7 +105,7 @@ def plot(results: dict[str, list[dict]], limit: float | None, path: Path, title:
     ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside the curves
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
