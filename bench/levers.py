@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import struct
 import time
 import zlib
 from collections.abc import Callable
@@ -111,31 +110,12 @@ def shapes_mask(width: int, height: int, classes: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def png_up_filter(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
-    """A candidate mask encoder: every row PNG-filtered 'Up' (the difference to the row above),
-    so the many repeated rows of an upscaled mask become zero runs that Z_RLE swallows."""
-    height, width = labels.shape
-    rows = np.empty((height, width + 1), np.uint8)
-    rows[:, 0] = 2  # filter type Up; the first row's "row above" is zeros
-    rows[0, 0], rows[0, 1:] = 0, labels[0]
-    np.subtract(labels[1:], labels[:-1], out=rows[1:, 1:])
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-    idat = deflate.compress(rows.tobytes()) + deflate.flush()
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(palette)] = palette
-
-    def chunk(tag: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(tag + payload)
-        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"PLTE", table.tobytes())
-        + chunk(b"IDAT", idat)
-        + chunk(b"IEND", b"")
-    )
+def _pillow_png(labels: np.ndarray, palette: list[tuple[int, int, int]], **kwargs: object) -> bytes:
+    image = Image.fromarray(labels, "P")
+    image.putpalette([c for rgb in palette for c in rgb])
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **kwargs)
+    return buffer.getvalue()
 
 
 def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int) -> list[Lever]:
@@ -276,39 +256,40 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
         mask = masks.resize_labels(shapes, size)
         image = Image.fromarray(mask, "P")
         image.putpalette([c for rgb in palette for c in rgb])
+        ours = masks.encode_png(shapes, palette, size=size)
+        after, _ = best_ms(lambda s=size: masks.encode_png(shapes, palette, size=s), repeat)
         for name, kwargs in (
-            ("Pillow default (zlib 6)", {}),
-            ("zlib 1, default strategy", {"compress_level": 1}),
+            ("resize, Pillow default (zlib 6)", {}),
+            ("resize, Pillow zlib 1 + Z_RLE", {"compress_level": 1, "compress_type": zlib.Z_RLE}),
         ):
             before, _ = best_ms(
-                lambda im=image, kw=kwargs: im.save(io.BytesIO(), "PNG", **kw), repeat
+                lambda s=size, kw=kwargs: _pillow_png(
+                    masks.resize_labels(shapes, s), palette, **kw
+                ),
+                repeat,
             )
-            buffer = io.BytesIO()
-            image.save(buffer, "PNG", **kwargs)
-            ours = masks.encode_png(mask, palette)
-            after, _ = best_ms(lambda m=mask: masks.encode_png(m, palette), repeat)
             levers.append(
                 Lever(
                     f"palette PNG {size[0]}x{size[1]}",
                     name,
-                    "zlib 1 + Z_RLE",
+                    "from the model-sized labels, repeated rows reused (service/png.py)",
                     before,
                     after,
-                    f"{len(buffer.getvalue()) / 1024:.1f} KiB -> {len(ours) / 1024:.1f} KiB",
+                    f"{len(_pillow_png(mask, palette, **kwargs)) / 1024:.1f} KiB -> "
+                    f"{len(ours) / 1024:.1f} KiB",
                 )
             )
-        candidate = png_up_filter(mask, palette)
-        ours = masks.encode_png(mask, palette)
-        before, _ = best_ms(lambda m=mask: masks.encode_png(m, palette), repeat)
-        after, _ = best_ms(lambda m=mask: png_up_filter(m, palette), repeat)
+        before, _ = best_ms(
+            lambda s=size: masks.encode_rle(masks.resize_labels(shapes, s), card.classes), repeat
+        )
+        after, _ = best_ms(lambda s=size: masks.encode_rle(shapes, card.classes, size=s), repeat)
         levers.append(
             Lever(
-                f"palette PNG {size[0]}x{size[1]} (candidate)",
-                "zlib 1 + Z_RLE",
-                "PNG 'Up' row filter + Z_RLE (not adopted)",
+                f"COCO RLE {size[0]}x{size[1]}",
+                "resize, runs of the full map",
+                "runs of the distinct columns, repeated",
                 before,
                 after,
-                f"{len(ours) / 1024:.1f} KiB -> {len(candidate) / 1024:.1f} KiB",
             )
         )
 
