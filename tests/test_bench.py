@@ -189,13 +189,3 @@ def test_levers_argmax_folding_matches_numpy(tiny_model: Path) -> None:
     labels = folded.run(None, {"input": x})[0]
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, logits.argmax(axis=1))
-
-
-def test_levers_candidate_png_decodes_to_the_mask() -> None:
-    from bench.levers import png_up_filter
-
-    mask = np.random.default_rng(0).integers(0, 5, (6, 8), dtype=np.uint8).repeat(7, axis=0)
-    image = Image.open(io.BytesIO(png_up_filter(mask, [(0, 0, 0), (128, 0, 0), (0, 128, 0)])))
-    assert (image.mode, image.size) == ("P", (8, 42))
-    np.testing.assert_array_equal(np.asarray(image), mask)
-    assert image.getpalette()[3:6] == [128, 0, 0]

@@ -9,6 +9,7 @@ chain of 3x3 convolutions), and "failing" is a real graph whose ``If`` branch do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import subprocess
@@ -31,11 +32,13 @@ from tests.support import (
     start_server,
     tiny_card,
     tiny_model,
+    wait_until_ready,
     write_tiny_model,
 )
 
 SLOW_SIZE = 128  # input side of the slow model; each 32-channel 3x3 conv costs ~3 ms on one core
 LEAKS = ("Traceback", "/work", ".py", "onnxruntime_src")
+IMAGE_PNG = {"Content-Type": "image/png"}
 
 
 # ---- models built for the faults ----------------------------------------------------------------
@@ -436,3 +439,31 @@ async def _terminate_under_load(server: Server, n: int) -> list[httpx.Response]:
             await asyncio.sleep(0.02)
         server.process.send_signal(signal.SIGTERM)
         return list(await asyncio.gather(*tasks))
+
+
+def test_not_ready_while_loading_then_ready(tmp_path: Path, log_path: Path) -> None:
+    """/healthz answers at once; /readyz, /models and /segment answer 503 not_ready until the
+    model is loaded and its warm-up batch (~1 s of a 300-convolution graph) has run."""
+    repo = tmp_path / "models"
+    write_slow_model(repo, convs=300)
+    server = start_server(env_for(repo), log_path, wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, server.log()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.02)
+        with server.client() as client:
+            ready = client.get("/readyz")
+            assert_problem(ready, 503, "not_ready")
+            assert "loading" in ready.json()["detail"]
+            assert_problem(client.get("/models"), 503, "not_ready")
+            assert_problem(
+                client.post("/segment", content=png((9, 9, 9)), headers=IMAGE_PNG), 503, "not_ready"
+            )
+            wait_until_ready(server, timeout=120)
+            assert client.post("/segment", content=png((9, 9, 9)), headers=IMAGE_PNG).is_success
+    finally:
+        server.stop()
