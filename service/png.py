@@ -43,19 +43,27 @@ def palette_png(rows: np.ndarray, repeats: np.ndarray, palette: bytes, *, level:
     filtered, repeats = _filter(rows, repeats)
     if (repeats == 1).all():  # nothing to reuse: one zlib stream, its Adler-32 made as it goes
         deflate = zlib.compressobj(level, zlib.DEFLATED, 15, _MEM_LEVEL, zlib.Z_RLE)
-        return _png(width, height, palette, deflate.compress(filtered.data) + deflate.flush())
-    n = len(filtered)
+        stream = deflate.compress(filtered.data) + deflate.flush()
+    else:
+        stream = _zlib_reusing_rows(filtered, repeats, level)
+    return _png(width, height, palette, stream)
 
+
+def _zlib_reusing_rows(filtered: np.ndarray, repeats: np.ndarray, level: int) -> bytes:
+    """The zlib stream of ``filtered`` rows, row i followed by ``repeats[i] - 1`` "Up" rows that
+    are not in ``filtered`` but written from compressed bytes made once per count."""
+    width = filtered.shape[1] - 1
     deflate = zlib.compressobj(level, zlib.DEFLATED, -15, _MEM_LEVEL, zlib.Z_RLE)
     pieces = [_ZLIB_HEADER]
     adler = 1
     reused: dict[int, bytes] = {}  # k -> k compressed "Up" rows; few distinct k per image
-    start = 0
+    # Compress up to and including each row that is repeated, then insert its repeats.
     ends = np.flatnonzero(repeats > 1).tolist()
-    if not ends or ends[-1] != n - 1:
-        ends.append(n - 1)
+    if ends[-1] != len(filtered) - 1:
+        ends.append(len(filtered) - 1)
+    start = 0
     for end in ends:
-        block = filtered[start : end + 1].data  # unrepeated rows, then the last row's first copy
+        block = filtered[start : end + 1].data
         pieces.append(deflate.compress(block))
         adler = zlib.adler32(block, adler)
         k = int(repeats[end]) - 1
@@ -68,7 +76,7 @@ def palette_png(rows: np.ndarray, repeats: np.ndarray, palette: bytes, *, level:
         start = end + 1
     pieces.append(deflate.flush(zlib.Z_FINISH))
     pieces.append(adler.to_bytes(4, "big"))
-    return _png(width, height, palette, b"".join(pieces))
+    return b"".join(pieces)
 
 
 def _png(width: int, height: int, palette: bytes, zlib_stream: bytes) -> bytes:

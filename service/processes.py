@@ -1,4 +1,4 @@
-"""Several server processes behind one listening socket (``SEGSERVE_PROCESSES`` > 1).
+"""Several server processes on one port (``SEGSERVE_PROCESSES`` > 1), and their supervisor.
 
 Why: in one process the event loop, the decode/encode threads and the inference thread hand
 every request to each other under one interpreter lock. On the 2-core bench machine two
@@ -36,7 +36,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
-from service import metrics, server
+from service import metrics
 from service.errors import ModelLoadError
 from service.logs import configure_logging
 from service.repository import ModelRepository
@@ -112,6 +112,8 @@ def _signal_all(children: Sequence[multiprocessing.process.BaseProcess], sig: in
 
 def _serve_one() -> None:
     """A spawned server process: the same settings (from the environment), its own socket."""
+    from service import server  # not imported by the supervisor, which never serves
+
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
