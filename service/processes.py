@@ -44,6 +44,10 @@ from service.settings import Settings
 
 log = logging.getLogger("segserve.processes")
 
+# Exit codes of a process that a passed-on signal stopped while it was still starting (before
+# uvicorn installed its handlers): a requested stop, not a failure.
+_STOPPED_BY_US = frozenset({-signal.SIGTERM, -signal.SIGINT})
+
 
 def supervise(settings: Settings) -> int:
     """Serve with ``settings.processes`` processes until they stop; the exit code."""
@@ -90,8 +94,8 @@ def _wait(children: Sequence[multiprocessing.process.BaseProcess]) -> int:
             running.remove(child)
             if child.pid is not None:
                 multiprocess.mark_process_dead(child.pid)  # drop its live gauges
-            if child.exitcode == 0:
-                continue
+            if child.exitcode == 0 or (signals and child.exitcode in _STOPPED_BY_US):
+                continue  # a clean stop, or a process stopped before it could handle signals
             code = 1
             if not signals:
                 log.error(

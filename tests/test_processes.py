@@ -162,3 +162,15 @@ def test_a_process_that_cannot_start_stops_the_server_with_exit_1(
     assert any(expected in line["message"] for line in errors), server.log()
     time.sleep(0.5)
     assert not _children(server.process.pid)
+
+
+def test_sigterm_while_the_processes_start_still_exits_0(tmp_path: Path) -> None:
+    server = start_server(_env(tmp_path), tmp_path / "server.log", wait_ready=False)
+    try:
+        wait_for(lambda: len(_children(server.process.pid)) == 2, timeout=30)
+        children = _children(server.process.pid)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0, server.log()
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        _stop_checked(server)
