@@ -63,20 +63,12 @@ def supervise(settings: Settings) -> int:
             spawn.Process(target=_serve_one, name=f"segserve-{i}")
             for i in range(settings.processes)
         ]
-        for child in children:
-            child.start()
-        log.info(
-            "started %d server processes on %s:%d",
-            len(children),
-            settings.host,
-            settings.port,
-            extra={"pids": [child.pid for child in children]},
-        )
-        return _wait(children)
+        return _run(children, f"{settings.host}:{settings.port}")
 
 
-def _wait(children: Sequence[multiprocessing.process.BaseProcess]) -> int:
-    """Pass stop signals on, stop everyone when one fails; 0 if all exited cleanly, else 1."""
+def _run(children: Sequence[multiprocessing.process.BaseProcess], address: str) -> int:
+    """Start the processes, pass stop signals on, stop everyone when one fails; 0 if all
+    exited cleanly, else 1."""
     signals: list[int] = []
 
     def pass_on(sig: int, _: FrameType | None) -> None:
@@ -84,8 +76,20 @@ def _wait(children: Sequence[multiprocessing.process.BaseProcess]) -> int:
         # The first signal asks for a drain; a second one, as for a lone server, for haste.
         _signal_all(children, signal.SIGTERM if len(signals) == 1 else signal.SIGINT)
 
+    # Handlers first: a SIGTERM while the processes start must not kill the supervisor alone.
+    # (Spawned processes start with default handlers: exec resets them.)
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, pass_on)
+    for child in children:
+        child.start()
+    if signals:  # a stop asked for while some were not started yet
+        _signal_all(children, signal.SIGTERM)
+    log.info(
+        "started %d server processes on %s",
+        len(children),
+        address,
+        extra={"pids": [child.pid for child in children]},
+    )
     code = 0
     running = list(children)
     while running:
