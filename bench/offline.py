@@ -41,7 +41,7 @@ import numpy as np
 
 from bench.images import sample_jpeg
 from bench.procstat import load_average
-from bench.server import DEFAULT_MODEL
+from bench.server import DEFAULT_MODEL, add_settings_option, settings_dict
 from bench.variant import add_ort_config
 from service import imaging, masks, runtime
 from service.model_card import ModelCard
@@ -226,14 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     parser.add_argument("--seconds", type=float, default=3.0, help="pipelined run per batch size")
     parser.add_argument("--repeat", type=int, default=5, help="stage timings: best of N")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SEGSERVE_X=V",
-        help="a server setting (as the env variable)",
-    )
+    add_settings_option(parser, help="a server setting (as the env variable)")
     parser.add_argument(
         "--ort-config",
         action="append",
@@ -244,9 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1, help="pipelines run at once")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
-    for pair in args.settings:
-        key, value = pair.split("=", 1)
-        os.environ[key] = value
+    os.environ.update(settings_dict(args.settings))
     add_ort_config(args.ort_config)
     print(f"load average: {load_average()}", flush=True)
     run_args = (

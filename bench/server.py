@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -40,6 +41,19 @@ class RunningServer:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+
+def add_settings_option(
+    parser: argparse.ArgumentParser, flag: str = "--set", dest: str = "settings", *, help: str
+) -> None:
+    """A repeatable ``SEGSERVE_X=V`` option; ``settings_dict`` turns its list into a dict."""
+    parser.add_argument(
+        flag, dest=dest, action="append", default=[], metavar="SEGSERVE_X=V", help=help
+    )
+
+
+def settings_dict(pairs: list[str]) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 def _free_port() -> int:

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from bench.loadtest import LoadResult
 from bench.procstat import load_average
-from bench.server import DEFAULT_MODEL, MULTIPART_ONLY, ROOT, serve
+from bench.server import (
+    DEFAULT_MODEL,
+    MULTIPART_ONLY,
+    ROOT,
+    add_settings_option,
+    serve,
+    settings_dict,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32, 64)
@@ -112,10 +119,6 @@ def plot(results: dict[str, list[dict]], limit: float | None, path: Path, title:
     plt.close(fig)
 
 
-def _settings(pairs: list[str]) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in pairs)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -135,14 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         default="raw",
         help="load client (raw: ~0.1 ms CPU per request, httpx: ~0.9 ms)",
     )
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SEGSERVE_X=V",
-        help="segserve setting for this sweep",
-    )
+    add_settings_option(parser, help="segserve setting for this sweep")
     parser.add_argument(
         "--variant",
         action="append",
@@ -155,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "images" / "perf-sweep.png")
     args = parser.parse_args(argv)
 
-    settings = _settings(args.settings)
+    settings = settings_dict(args.settings)
     levels = [int(c) for c in args.concurrency.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS / "tmp"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procstat import load_average
-from bench.server import DEFAULT_MODEL, ROOT, serve
+from bench.server import DEFAULT_MODEL, ROOT, add_settings_option, serve, settings_dict
 
 RESULTS = ROOT / "bench" / "results"
 OPEN_LOOP_SHARES = (0.5, 0.7, 0.9)  # of the closed-loop c=32 throughput
@@ -82,20 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
     parser.add_argument("--memory-requests", type=int, default=10_000)
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SEGSERVE_X=V",
-        help="segserve setting for every step",
-    )
-    parser.add_argument(
+    add_settings_option(parser, help="segserve setting for every step")
+    add_settings_option(
+        parser,
         "--server-set",
-        dest="server_settings",
-        action="append",
-        default=[],
-        metavar="SEGSERVE_X=V",
+        "server_settings",
         help="setting for the server only, e.g. a process layout with the offline run's threads "
         "in total (SEGSERVE_PROCESSES=2, SEGSERVE_WORKER_THREADS=1, SEGSERVE_INTRA_OP_THREADS=1)",
     )
@@ -109,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out, tmp = args.out, RESULTS / "tmp"
     out.mkdir(parents=True, exist_ok=True)
-    settings = dict(s.split("=", 1) for s in [*args.settings, *args.server_settings])
+    settings = settings_dict([*args.settings, *args.server_settings])
     load_before = str(load_average())
     duration = ["--duration", str(args.duration), "--warmup", "3", "--client", args.client]
 
