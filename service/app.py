@@ -5,8 +5,8 @@ Life of the process:
 2. The lifespan starts loading in the background so ``/healthz`` answers at once (with several
    processes, see ``service.processes``, each waits for its models before it accepts): sessions are
    created, the card is read and checked, a warm-up batch runs, the batcher starts; then
-   ``/readyz`` turns 200. A ``ModelLoadError`` marks the service failed, and ``__main__`` stops
-   the server with a non-zero exit code (never a half-ready server).
+   ``/readyz`` turns 200. A ``ModelLoadError`` marks the service failed, and ``service.server``
+   stops the server with a non-zero exit code (never a half-ready server).
 3. ``begin_drain`` (SIGTERM) turns ``/readyz`` 503 at once; uvicorn lets in-flight requests
    finish; the lifespan's end drains the batchers and closes the sessions.
 """
@@ -159,8 +159,8 @@ def create_app(settings: Settings, repository: ModelRepository) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(service.load(), name="load-models")
         if settings.processes > 1:
-            # Under the supervisor the socket is shared: accepting only once loaded means no
-            # request meets a process that is still loading (service/processes.py).
+            # Processes share the port: uvicorn listens once this returns, so no request meets
+            # a process that is still loading (service/processes.py).
             await asyncio.shield(loading)
         try:
             yield
