@@ -61,8 +61,9 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
-    """Run one server process until it stops; its exit code. ``sockets``: listen on these
-    (already bound by the supervisor) instead of binding ``host``:``port``."""
+    """Run one server process until it stops; its exit code. ``sockets``: listen on these (bound
+    to the port by a process of ``service.processes``, not yet listening) instead of binding
+    ``host``:``port``. Logging must be configured already."""
     try:
         repository = ModelRepository.scan(settings.model_repository, settings.default_model)
     except ModelLoadError as exc:
@@ -73,7 +74,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> int
         app,
         host=settings.host,
         port=settings.port,
-        log_config=None,  # logging is configured above (JSON or text)
+        log_config=None,  # the caller configured logging (JSON or text)
         access_log=False,  # one line per request comes from service.access
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
