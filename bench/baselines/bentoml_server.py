@@ -18,39 +18,29 @@ uvicorn closes them after 5 s idle, so after a pause a few requests fail (500) o
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from pathlib import Path
 
 import bentoml
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 from starlette.responses import Response
 
-from service.model_card import ModelCard
+from bench.baselines.user_pipeline import UserPipeline
 
 MODEL_ENV = "BENTOML_BASELINE_MODEL"  # the workers import this module: the model path rides along
 MAX_BATCH_SIZE = 8
 
 
-def _card(session: ort.InferenceSession) -> ModelCard:
-    return ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
-
-
 @bentoml.service(workers=1, logging={"access": {"enabled": False}})
 class SegmentModel:
     def __init__(self) -> None:
-        self.session = ort.InferenceSession(
-            os.environ[MODEL_ENV], providers=["CPUExecutionProvider"]
-        )
-        self.labels_out = _card(self.session).output.kind == "labels"
+        self.pipeline = UserPipeline(os.environ[MODEL_ENV])
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE)
     def infer(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
-        return (out if self.labels_out else out.argmax(axis=1)).astype(np.uint8)
+        return self.pipeline.infer(x)
 
 
 @bentoml.service(workers=1, logging={"access": {"enabled": False}})
@@ -58,29 +48,16 @@ class Segment:
     model = bentoml.depends(SegmentModel)
 
     def __init__(self) -> None:
-        # Only the model card: the session lives in SegmentModel's process.
-        session = ort.InferenceSession(os.environ[MODEL_ENV], providers=["CPUExecutionProvider"])
-        card = _card(session)
-        spec = card.input
-        self.size = (spec.width, spec.height)
-        self.mean = np.array(spec.mean, np.float32).reshape(3, 1, 1)
-        self.std = np.array(spec.std, np.float32).reshape(3, 1, 1)
-        self.palette = [c for rgb in card.palette() for c in rgb]
+        # For the card and the pre/post-processing: inference runs in SegmentModel's process.
+        self.pipeline = UserPipeline(os.environ[MODEL_ENV])
 
     # The annotation is for BentoML's schema; a Response is sent as is (PNG at compress_level=1,
     # like the other baselines, where a returned Image would be saved at PNG's default level 6).
     @bentoml.api(route="/segment")
     async def segment(self, image: Image.Image) -> Image.Image:
-        size = image.size
-        image.draft("RGB", self.size)  # JPEG: decode at a reduced scale, as segserve does
-        x = np.asarray(image.convert("RGB").resize(self.size), np.float32).transpose(2, 0, 1)
-        x = (x / 255.0 - self.mean) / self.std
+        size, x = self.pipeline.prepare(image)
         labels = (await self.model.to_async.infer(x[None]))[0]
-        mask = Image.fromarray(labels, "P").resize(size, Image.NEAREST)
-        mask.putpalette(self.palette)
-        buffer = io.BytesIO()
-        mask.save(buffer, format="PNG", compress_level=1)
-        return Response(buffer.getvalue(), media_type="image/png")  # type: ignore[return-value]
+        return Response(self.pipeline.png(labels, size), media_type="image/png")  # type: ignore[return-value]
 
 
 def main() -> None:

@@ -14,11 +14,10 @@ import io
 
 import litserve as ls
 import numpy as np
-import onnxruntime as ort
 from fastapi import Response
 from PIL import Image
 
-from service.model_card import ModelCard
+from bench.baselines.user_pipeline import UserPipeline
 
 
 class SegmentAPI(ls.LitAPI):
@@ -27,30 +26,17 @@ class SegmentAPI(ls.LitAPI):
         self.model_path = model_path
 
     def setup(self, device: str) -> None:
-        self.session = ort.InferenceSession(self.model_path, providers=["CPUExecutionProvider"])
-        self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-        spec = self.card.input
-        self.size = (spec.width, spec.height)
-        self.mean = np.array(spec.mean, np.float32).reshape(3, 1, 1)
-        self.std = np.array(spec.std, np.float32).reshape(3, 1, 1)
-        self.palette = [c for rgb in self.card.palette() for c in rgb]
+        self.pipeline = UserPipeline(self.model_path)
 
     def decode_request(self, request):  # type: ignore[no-untyped-def]
-        image = Image.open(io.BytesIO(request["image"].file.read()))
-        size = image.size
-        image.draft("RGB", self.size)  # JPEG: decode at a reduced scale, as segserve does
-        image = image.convert("RGB")
-        x = np.asarray(image.resize(self.size), np.float32).transpose(2, 0, 1) / 255.0
-        return size, (x - self.mean) / self.std
+        return self.pipeline.prepare(Image.open(io.BytesIO(request["image"].file.read())))
 
     def batch(self, inputs):  # type: ignore[no-untyped-def]
         return [size for size, _ in inputs], np.stack([x for _, x in inputs])
 
     def predict(self, batch):  # type: ignore[no-untyped-def]
         sizes, x = batch
-        out = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
-        labels = out if self.card.output.kind == "labels" else out.argmax(axis=1)
-        return sizes, labels.astype(np.uint8)
+        return sizes, self.pipeline.infer(x)
 
     def unbatch(self, output):  # type: ignore[no-untyped-def]
         sizes, labels = output
@@ -58,11 +44,7 @@ class SegmentAPI(ls.LitAPI):
 
     def encode_response(self, output):  # type: ignore[no-untyped-def]
         size, labels = output
-        mask = Image.fromarray(labels, "P").resize(size, Image.NEAREST)
-        mask.putpalette(self.palette)
-        buffer = io.BytesIO()
-        mask.save(buffer, format="PNG", compress_level=1)
-        return Response(buffer.getvalue(), media_type="image/png")
+        return Response(self.pipeline.png(labels, size), media_type="image/png")
 
 
 def main() -> None:

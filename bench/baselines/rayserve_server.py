@@ -19,13 +19,12 @@ import threading
 from typing import Annotated
 
 import numpy as np
-import onnxruntime as ort
 import ray
 from fastapi import FastAPI, File, Response, UploadFile
 from PIL import Image
 from ray import serve
 
-from service.model_card import ModelCard
+from bench.baselines.user_pipeline import UserPipeline
 
 MAX_BATCH_SIZE = 8
 BATCH_WAIT_S = 0.005
@@ -40,13 +39,7 @@ app = FastAPI()
 @serve.ingress(app)
 class Segment:
     def __init__(self, model_path: str) -> None:
-        self.session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-        self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-        spec = self.card.input
-        self.size = (spec.width, spec.height)
-        self.mean = np.array(spec.mean, np.float32).reshape(3, 1, 1)
-        self.std = np.array(spec.std, np.float32).reshape(3, 1, 1)
-        self.palette = [c for rgb in self.card.palette() for c in rgb]
+        self.pipeline = UserPipeline(model_path)
 
     @app.get("/readyz")
     async def ready(self) -> dict[str, bool]:
@@ -54,22 +47,13 @@ class Segment:
 
     @app.post("/segment")
     async def segment(self, image: Annotated[UploadFile, File()]) -> Response:
-        picture = Image.open(io.BytesIO(await image.read()))
-        size = picture.size
-        picture.draft("RGB", self.size)  # JPEG: decode at a reduced scale, as segserve does
-        x = np.asarray(picture.convert("RGB").resize(self.size), np.float32).transpose(2, 0, 1)
-        labels = await self.infer((x / 255.0 - self.mean) / self.std)
-        mask = Image.fromarray(labels, "P").resize(size, Image.NEAREST)
-        mask.putpalette(self.palette)
-        buffer = io.BytesIO()
-        mask.save(buffer, format="PNG", compress_level=1)
-        return Response(buffer.getvalue(), media_type="image/png")
+        size, x = self.pipeline.prepare(Image.open(io.BytesIO(await image.read())))
+        labels = await self.infer(x)
+        return Response(self.pipeline.png(labels, size), media_type="image/png")
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def infer(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        out = self.session.run(None, {self.session.get_inputs()[0].name: np.stack(xs)})[0]
-        labels = out if self.card.output.kind == "labels" else out.argmax(axis=1)
-        return list(labels.astype(np.uint8))
+        return list(self.pipeline.infer(np.stack(xs)))
 
 
 def main() -> None:
