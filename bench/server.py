@@ -1,9 +1,11 @@
-"""Start a server under test as a subprocess on 127.0.0.1 and stop it again (by its PID only)."""
+"""Start a server under test as a subprocess on 127.0.0.1 and stop it again (by its PID only);
+run the measuring tools (``bench.loadtest``, ``bench.offline``) as subprocesses beside it."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -54,6 +56,43 @@ def add_settings_option(
 
 def settings_dict(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
+
+
+def run_loadtest(base_url: str, pid: int, out: Path, *extra: str) -> dict:
+    """``bench.loadtest`` against ``base_url`` in its own process (it must not compete with this
+    one for the cores), measuring server ``pid``; its JSON result, written to ``out``."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.loadtest",
+        "--url",
+        base_url,
+        "--server-pid",
+        str(pid),
+        "--json",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def run_offline(model: Path, out: Path, settings: list[str], *extra: str) -> dict:
+    """``bench.offline`` on ``model`` with these ``SEGSERVE_X=V`` settings; its JSON result."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.offline",
+        "--model",
+        str(model),
+        "--json",
+        str(out),
+        *(f"--set={s}" for s in settings),
+        *extra,
+    ]
+    subprocess.run(command, check=True, cwd=ROOT)
+    return json.loads(out.read_text())
 
 
 def _free_port() -> int:

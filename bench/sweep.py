@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from bench.loadtest import LoadResult
@@ -24,6 +22,8 @@ from bench.server import (
     MULTIPART_ONLY,
     ROOT,
     add_settings_option,
+    run_loadtest,
+    run_offline,
     serve,
     settings_dict,
 )
@@ -44,12 +44,10 @@ COLOURS = ("tab:blue", "tab:cyan", "tab:orange", "tab:green", "tab:red", "tab:pu
 def run_level(
     kind: str, base_url: str, pid: int, concurrency: int, args: argparse.Namespace, out: Path
 ) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.loadtest",
-        "--url",
+    return run_loadtest(
         base_url,
+        pid,
+        out,
         "--image",
         args.image,
         "--concurrency",
@@ -58,24 +56,10 @@ def run_level(
         str(args.duration),
         "--warmup",
         str(args.warmup),
-        "--server-pid",
-        str(pid),
-        "--json",
-        str(out),
         "--client",
         args.client,
-        "--no-progress",
         *(["--multipart"] if kind in MULTIPART_ONLY else []),
-    ]
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
-
-
-def offline_limit(model: Path, out: Path, settings: dict[str, str]) -> dict:
-    command = [sys.executable, "-m", "bench.offline", "--model", str(model), "--json", str(out)]
-    command += [f"--set={k}={v}" for k, v in settings.items()]
-    subprocess.run(command, check=True, cwd=ROOT)
-    return json.loads(out.read_text())
+    )
 
 
 def plot(results: dict[str, list[dict]], limit: float | None, path: Path, title: str) -> None:
@@ -160,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     offline = (
         json.loads(args.offline_json.read_text())
         if args.offline_json
-        else offline_limit(args.model, args.out / "offline.json", settings)
+        else run_offline(args.model, args.out / "offline.json", args.settings)
     )
     limit = offline.get("limit_images_per_s")
 

@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procstat import load_average
-from bench.server import DEFAULT_MODEL, ROOT, add_settings_option, serve, settings_dict
+from bench.server import (
+    DEFAULT_MODEL,
+    ROOT,
+    add_settings_option,
+    run_loadtest,
+    run_offline,
+    serve,
+    settings_dict,
+)
 
 RESULTS = ROOT / "bench" / "results"
 OPEN_LOOP_SHARES = (0.5, 0.7, 0.9)  # of the closed-loop c=32 throughput
@@ -41,40 +47,6 @@ class Verdict:
     def row(self) -> str:
         verdict = "met" if self.met else "NOT met"
         return f"| {self.name} | {self.measured} | {self.bound} | {verdict} |"
-
-
-def _loadtest(base_url: str, pid: int, out: Path, *extra: str) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.loadtest",
-        "--url",
-        base_url,
-        "--server-pid",
-        str(pid),
-        "--json",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
-
-
-def _offline(model: Path, out: Path, settings: list[str], *extra: str) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.offline",
-        "--model",
-        str(model),
-        "--json",
-        str(out),
-        *(f"--set={s}" for s in settings),
-        *extra,
-    ]
-    subprocess.run(command, check=True, cwd=ROOT)
-    return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     load_before = str(load_average())
     duration = ["--duration", str(args.duration), "--warmup", "3", "--client", args.client]
 
-    offline = _offline(args.model, out / "offline-small.json", args.settings)
-    offline_large = _offline(
+    offline = run_offline(args.model, out / "offline-small.json", args.settings)
+    offline_large = run_offline(
         args.model,
         out / "offline-large.json",
         args.settings,
@@ -122,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             ("c32-small", ["--concurrency", "32"]),
             ("c32-small-httpx", ["--concurrency", "32", "--client", "httpx"]),
         ):
-            runs[name] = _loadtest(
+            runs[name] = run_loadtest(
                 server.base_url, server.pid, out / f"{name}.json", *duration, *extra
             )
             print(
@@ -133,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         # Open loop (Poisson arrivals) below saturation: the latency a capacity plan can promise.
         for share in OPEN_LOOP_SHARES:
             rate = round(share * runs["c32-small"]["throughput_rps"], 1)
-            runs[f"open-{share:.0%}"] = _loadtest(
+            runs[f"open-{share:.0%}"] = run_loadtest(
                 server.base_url,
                 server.pid,
                 out / f"open-{share:.0%}.json",
@@ -143,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     with serve("segserve", args.model, tmp / "targets-memory.log", settings) as server:
         every = max(1, args.memory_requests // 10)
-        runs["memory"] = _loadtest(
+        runs["memory"] = run_loadtest(
             server.base_url,
             server.pid,
             out / "memory.json",

@@ -11,12 +11,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Server, start_server, write_tiny_model
-from tests.test_api import encoded, expected_mask, png_labels, scene
+from tests.test_api import encoded, expected_mask, metric_samples, png_labels, scene
 from tests.test_lifecycle import HOLDING, queue_depth, wait_for
 
 PROCESSES = {"SEGSERVE_PROCESSES": "2", "SEGSERVE_WORKER_THREADS": "1"}
@@ -53,12 +51,12 @@ def _alive(pid: int) -> bool:
 
 
 def _requests_total(server: Server) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    with server.client() as client:
+        samples = metric_samples(client)
     return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "segserve_requests_total" and s.labels.get("code") == "200"
+        value
+        for (name, labels), value in samples.items()
+        if name == "segserve_requests_total" and ("code", "200") in labels
     )
 
 
