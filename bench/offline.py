@@ -1,22 +1,19 @@
-"""The in-process limit: segserve's own decode → prepare → infer → encode, with no HTTP.
+"""The in-process limit: segserve's own pipeline (``service.pipeline.segment``), with no HTTP.
 
     python -m bench.offline                       # default model, 640×480 JPEG, batch 1..32
     python -m bench.offline --image large --batch-sizes 1
 
-It imports the service's functions (``service.imaging``, ``service.masks``, ``service.runtime``)
-rather than re-implementing them, and gives them the server's thread budget, read from the same
-``Settings`` (so ``SEGSERVE_*`` variables or ``--set`` change both alike):
+It serves the model with the core the server runs (``service.core.Service``: session pool,
+batcher, worker threads, read from the same ``Settings``, so ``SEGSERVE_*`` variables or
+``--set`` change both alike) and calls the function every front door calls. Two figures per
+batch size (the batcher's ``max_batch_size``):
 
-- decode/prepare and encode run on ``worker_threads`` pool threads (the server's pool);
-- inference runs on the session that ``service.runtime`` builds, with the same ORT options
-  (``intra_op_threads``, graph optimisation, spinning) and the same label output (uint8).
-
-Two figures per batch size:
-- *stage ms*: each stage timed alone, serially, per image (inference: the batch's run / batch);
-  their sum at batch 1 is the single-image latency a server cannot beat;
-- *images/s*: the stages pipelined the way an ideal server would — batch k+1 decoding on the
-  pool while batch k infers and batch k-1 encodes. The best over batch sizes is the offline
-  limit the HTTP service is compared with.
+- *stage ms*: each stage timed alone, serially, per image, with the pipeline's own stage
+  functions (inference: the batch's run / batch); their sum at batch 1 is the single-image
+  latency a server cannot beat;
+- *images/s*: ``segment`` called by enough concurrent callers to keep every stage busy (three
+  batches in flight: one decoding, one inferring, one encoding), as the ideal client of a server
+  would. The best over batch sizes is the offline limit the HTTP service is compared with.
 
 ``--processes N`` runs N such pipelines in N processes at once (each with the settings given,
 e.g. ``--set SEGSERVE_WORKER_THREADS=1``), the layout ``SEGSERVE_PROCESSES=N`` serves with;
@@ -26,16 +23,16 @@ images/s is their sum, each batch size started together.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,11 +40,17 @@ from bench.images import sample_jpeg
 from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL, add_settings_option, settings_dict
 from bench.variant import add_ort_config
-from service import imaging, masks, runtime
-from service.model_card import ModelCard
+from service import imaging, pipeline
+from service.core import ServedModel, Service
+from service.pipeline import OutputFormat, SegmentOptions
+from service.repository import ModelRepository, ModelVersion
 from service.settings import Settings
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+PNG = SegmentOptions(OutputFormat.png)  # what the load tests ask for
+IN_FLIGHT_BATCHES = 3
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,84 +69,100 @@ class StageMs:
 class BatchResult:
     batch_size: int
     stage_ms: StageMs  # per image, serial
-    images_per_s: float  # pipelined over the worker pool + session
-    cpu_ms_per_image: float  # process CPU (all threads) per image in the pipelined run
+    images_per_s: float  # segment() called concurrently
+    cpu_ms_per_image: float  # process CPU (all threads) per image in that run
 
 
-class Pipeline:
-    """The service's per-image functions bound to one model and the server's settings."""
-
-    def __init__(self, model: Path, settings: Settings) -> None:
-        session = runtime.open_session(model, settings)
-        self.card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
-        runtime.check_signature(session, self.card, model)
-        self.runner = runtime.Runner(session, self.card)
-        self.palette = self.card.palette()
-        self.max_pixels = settings.max_pixels
-
-    def decode(self, data: bytes) -> imaging.DecodedImage:
-        spec = self.card.input
-        return imaging.decode(data, max_pixels=self.max_pixels, min_size=(spec.width, spec.height))
-
-    def front(self, data: bytes) -> tuple[tuple[int, int], np.ndarray]:
-        decoded = self.decode(data)
-        return decoded.size, imaging.prepare(decoded.image, self.card.input)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner.run(batch)
-
-    def back(self, labels: np.ndarray, size: tuple[int, int]) -> bytes:
-        return masks.encode_png(labels, self.palette, size=size)
+def served_alone(model: Path) -> ModelRepository:
+    """A repository of the one file ``model``: named as its folders say when it lies in a
+    repository (``<name>/<version>/model.onnx``), else by its file name, version 1."""
+    version_dir = model.parent
+    if version_dir.name.isdigit() and int(version_dir.name) >= 1:
+        ref = ModelVersion(version_dir.parent.name, int(version_dir.name), model)
+    else:
+        ref = ModelVersion(model.stem, 1, model)
+    return ModelRepository({ref.name: {ref.version: ref}}, ref.name)
 
 
-def _timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+async def started(model: Path, settings: Settings) -> tuple[Service, ServedModel]:
+    """The core serving ``model`` with ``settings``, loaded and warmed up as a server's is."""
+    service = Service(settings, served_alone(model))
+    await service.load()
+    if service.failure is not None:
+        raise service.failure
+    return service, service.model(None, None)
+
+
+async def _timed(fn: Callable[[], Awaitable[T]], repeat: int) -> tuple[float, T]:
     """Best-of-``repeat`` wall time in ms (the least disturbed by other processes), and a result."""
     best, result = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        result = fn()
+        result = await fn()
         best = min(best, (time.perf_counter() - t0) * 1000.0)
+    assert result is not None
     return best, result
 
 
-def stage_ms(pipe: Pipeline, data: bytes, batch_size: int, repeat: int) -> StageMs:
-    spec = pipe.card.input
-    decode_ms, decoded = _timed(lambda: pipe.decode(data), repeat)
-    prepare_ms, x = _timed(lambda: imaging.prepare(decoded.image, spec), repeat)
+async def stage_ms(
+    service: Service, served: ServedModel, data: bytes, batch_size: int, repeat: int
+) -> StageMs:
+    card, max_pixels = served.card, service.settings.max_pixels
+
+    async def decode() -> imaging.DecodedImage:
+        return pipeline.decode_input(data, card, PNG.fmt, max_pixels)
+
+    decode_ms, decoded = await _timed(decode, repeat)
+
+    async def prepare() -> np.ndarray:
+        return imaging.prepare(decoded.image, card.input)
+
+    prepare_ms, x = await _timed(prepare, repeat)
     batch = np.ascontiguousarray(np.broadcast_to(x, (batch_size, *x.shape)))
-    infer_ms, labels = _timed(lambda: pipe.infer(batch), repeat)
-    encode_ms, _ = _timed(lambda: pipe.back(labels[0], decoded.size), repeat)
+    infer_ms, labels = await _timed(lambda: served.pool.run(batch), repeat)
+
+    async def encode() -> bytes:
+        return pipeline.encode_output(labels[0], decoded, served, PNG)
+
+    encode_ms, _ = await _timed(encode, repeat)
     return StageMs(decode_ms, prepare_ms, infer_ms / batch_size, encode_ms)
 
 
-def pipelined(
-    pipe: Pipeline, data: bytes, batch_size: int, seconds: float, pool: ThreadPoolExecutor
+async def throughput(
+    service: Service, served: ServedModel, data: bytes, seconds: float
 ) -> tuple[float, float]:
-    """Images per second and CPU ms per image, the stages overlapping as in a server."""
-    spec = pipe.card.input
-    batch = np.empty((batch_size, 3, spec.height, spec.width), dtype=np.float32)
-    pipe.infer(batch)  # first run at a new shape allocates; keep it out of the timing
-    backs: list[Future[bytes]] = []
-    done_images = batches = 0
+    """Images per second and CPU ms per image with ``segment`` called by enough concurrent
+    callers to keep decode, inference and encode busy at once."""
+    callers = IN_FLIGHT_BATCHES * service.settings.max_batch_size
+    stop_at = time.perf_counter() + seconds
+    done = 0
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await pipeline.segment(service, served, data, PNG, deadline=time.monotonic() + 60)
+            done += 1
+
     t0, cpu0 = time.perf_counter(), time.process_time()
-    fronts = [pool.submit(pipe.front, data) for _ in range(batch_size)]
-    while True:
-        items = [f.result() for f in fronts]
-        last = batches >= 2 and time.perf_counter() - t0 >= seconds
-        if not last:  # the next batch decodes while this one infers
-            fronts = [pool.submit(pipe.front, data) for _ in range(batch_size)]
-        for i, (_, x) in enumerate(items):
-            batch[i] = x
-        labels = pipe.infer(batch)
-        backs += [pool.submit(pipe.back, labels[i], size) for i, (size, _) in enumerate(items)]
-        done_images += batch_size
-        batches += 1
-        if last:
-            break
-    for f in backs:
-        f.result()
-    cpu_ms = (time.process_time() - cpu0) * 1000.0 / done_images
-    return done_images / (time.perf_counter() - t0), cpu_ms
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    cpu_ms = (time.process_time() - cpu0) * 1000.0 / done
+    return done / (time.perf_counter() - t0), cpu_ms
+
+
+async def measure_batch(
+    model: Path, data: bytes, batch_size: int, seconds: float, repeat: int, barrier: Barrier | None
+) -> BatchResult:
+    """One batch size on a fresh core whose batcher forms batches of up to ``batch_size``."""
+    settings = Settings().model_copy(update={"max_batch_size": batch_size})
+    service, served = await started(model, settings)
+    try:
+        stages = await stage_ms(service, served, data, batch_size, repeat)
+        if barrier is not None:
+            await asyncio.to_thread(barrier.wait)
+        rate, cpu_ms = await throughput(service, served, data, seconds)
+    finally:
+        await service.close()
+    return BatchResult(batch_size, stages, rate, cpu_ms)
 
 
 def run(
@@ -155,22 +174,17 @@ def run(
     start_together: Barrier | None = None,
 ) -> dict:
     settings = Settings()
-    pipe = Pipeline(model, settings)
     data = sample_jpeg(image)
     results: list[BatchResult] = []
-    with ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="bench-cpu") as pool:
-        for b in batch_sizes:
-            stages = stage_ms(pipe, data, b, repeat)
-            if start_together is not None:
-                start_together.wait()
-            rate, cpu_ms = pipelined(pipe, data, b, seconds, pool)
-            results.append(BatchResult(b, stages, rate, cpu_ms))
-            stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(stages).items())
-            print(
-                f"batch {b:>2}: {rate:7.1f} img/s, CPU {cpu_ms:.2f} ms/img | stage ms "
-                f"{stage_text} | sum {stages.total:.2f}",
-                flush=True,
-            )
+    for b in batch_sizes:
+        result = asyncio.run(measure_batch(model, data, b, seconds, repeat, start_together))
+        results.append(result)
+        stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(result.stage_ms).items())
+        print(
+            f"batch {b:>2}: {result.images_per_s:7.1f} img/s, CPU {result.cpu_ms_per_image:.2f} "
+            f"ms/img | stage ms {stage_text} | sum {result.stage_ms.total:.2f}",
+            flush=True,
+        )
     best = max(results, key=lambda r: r.images_per_s)
     single = next((r for r in results if r.batch_size == 1), None)
     return {

@@ -1,33 +1,25 @@
-"""HTTP routes: parse and check the request, hand the work to the core, build the response.
+"""HTTP routes: parse and check the request, call the core, build the response.
 
 ``/segment``: body (raw image or multipart part ``image``, size-capped while streaming) ->
-decode + prepare (worker thread) -> the model's batcher -> labels resized back and encoded
-(worker thread). Errors are raised as the typed errors of ``service.errors``, which map them.
+``service.pipeline.segment`` -> the encoded mask with ``Server-Timing``. Errors are raised as
+the typed errors of ``service.errors``; ``service.problems`` maps them.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Annotated
+from functools import partial
+from typing import Annotated
 
-import numpy as np
-import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from service import imaging, masks, metrics
+from service import metrics, pipeline
 from service.access import access_record
+from service.core import Service
 from service.errors import ModelNotFound, NotReady, ServiceError
 from service.openapi import SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES, problem_doc
-from service.protocol import (
-    MULTIPART,
-    OutputFormat,
-    image_part,
-    media_type,
-    negotiate,
-    read_body,
-    unless_disconnected,
-)
+from service.pipeline import OutputFormat, SegmentOptions, StageTimes
+from service.protocol import MULTIPART, disconnected, image_part, media_type, negotiate, read_body
 from service.schemas import (
     Batching,
     InputInfo,
@@ -38,13 +30,7 @@ from service.schemas import (
     VersionInfo,
 )
 
-if TYPE_CHECKING:
-    from service.app import ServedModel, Service
-    from service.model_card import ModelCard
-
 router = APIRouter()
-
-CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, never seen by anyone
 
 
 # -- /segment -----------------------------------------------------------------------------------
@@ -57,7 +43,7 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, neve
 )
 async def segment(
     request: Request,
-    output: Annotated[
+    fmt: Annotated[
         OutputFormat | None,
         Query(
             alias="format",
@@ -76,99 +62,50 @@ async def segment(
 ) -> Response:
     service: Service = request.app.state.service
     record = access_record(request)
-    fmt = output or negotiate(request.headers.get("accept"))
+    fmt = fmt or negotiate(request.headers.get("accept"))
     record.format = fmt.value
     try:
         served = service.model(model, version)
         # Labelled only once resolved: a client's made-up names never become metric labels.
         record.model, record.version = served.ref.name, str(served.ref.version)
         content_type = media_type(request.headers)
-        served.batcher.check_capacity()  # a full queue refuses before the upload is decoded
+        served.batcher.check_capacity()  # a full queue refuses before the upload is read
         body = await read_body(request, service.settings.max_body_bytes)
         data = await image_part(request.headers, body) if content_type == MULTIPART else body
-        return await _segment(request, service, served, data, fmt, alpha)
+        result = await pipeline.segment(
+            service,
+            served,
+            data,
+            SegmentOptions(fmt, alpha),
+            deadline=record.arrived + service.settings.request_timeout_s,
+            client_gone=partial(disconnected, request),
+        )
     except ServiceError as exc:
         record.error_code = exc.code
         raise
-
-
-async def _segment(
-    request: Request,
-    service: Service,
-    served: ServedModel,
-    data: bytes,
-    fmt: OutputFormat,
-    alpha: float,
-) -> Response:
-    card, settings, ref = served.card, service.settings, served.ref
-    t0 = time.perf_counter()
-    # png/rle only need the model's input size, so a big JPEG is decoded at a reduced scale.
-    min_size = None if fmt is OutputFormat.overlay else (card.input.width, card.input.height)
-    deadline = access_record(request).arrived + settings.request_timeout_s
-    with served.batcher.announce():  # the batcher may wait for this image, not for nothing
-        decoded, x = await service.run_cpu(_decode, data, card, settings.max_pixels, min_size)
-        t1 = time.perf_counter()
-        queued = served.batcher.enqueue(x, deadline=deadline)
-    done = await unless_disconnected(request, queued)
-    if done is None:
-        access_record(request).error_code = "client_closed"
-        return Response(status_code=CLIENT_CLOSED)
-    served.queue_wait.observe(done.queued_s)
-
-    t2 = time.perf_counter()
-    content = await service.run_cpu(_encode, fmt, done.value, decoded, served, alpha)
-    t3 = time.perf_counter()
-    timing = (
-        f"decode;dur={(t1 - t0) * 1000:.2f}, queue;dur={done.queued_s * 1000:.2f}, "
-        f"infer;dur={done.run_s * 1000:.2f}, encode;dur={(t3 - t2) * 1000:.2f}"
-    )
     return Response(
-        content,
-        media_type="application/json" if fmt is OutputFormat.rle else "image/png",
-        headers={"X-Model": ref.name, "X-Model-Version": str(ref.version), "Server-Timing": timing},
+        result.content,
+        media_type=result.media_type,
+        headers={
+            "X-Model": served.ref.name,
+            "X-Model-Version": str(served.ref.version),
+            "Server-Timing": _server_timing(result.times),
+        },
     )
 
 
-def _decode(
-    data: bytes, card: ModelCard, max_pixels: int, min_size: tuple[int, int] | None
-) -> tuple[imaging.DecodedImage, np.ndarray]:
-    decoded = imaging.decode(data, max_pixels=max_pixels, min_size=min_size)
-    return decoded, imaging.prepare(decoded.image, card.input)
-
-
-def _encode(
-    fmt: OutputFormat,
-    labels: np.ndarray,
-    decoded: imaging.DecodedImage,
-    served: ServedModel,
-    alpha: float,
-) -> bytes:
-    card, size = served.card, decoded.size
-    # png and rle scale the model-sized labels to the image's size as they encode.
-    if fmt is OutputFormat.png:
-        return masks.encode_png(labels, card.palette(), size=size)
-    if fmt is OutputFormat.rle:
-        width, height = size
-        return orjson.dumps(
-            {
-                "model": served.ref.name,
-                "version": served.ref.version,
-                "width": width,
-                "height": height,
-                "masks": masks.encode_rle(labels, card.classes, size=size),
-            }
-        )
-    image = decoded.image
-    if image.size != size:  # decoders may hand back a reduced scale; blend at full size
-        image = image.resize(size)
-    return masks.encode_overlay(image, masks.resize_labels(labels, size), card.palette(), alpha)
+def _server_timing(times: StageTimes) -> str:
+    return (
+        f"decode;dur={times.decode_s * 1000:.2f}, queue;dur={times.queue_s * 1000:.2f}, "
+        f"infer;dur={times.infer_s * 1000:.2f}, encode;dur={times.encode_s * 1000:.2f}"
+    )
 
 
 # -- models, health, metrics --------------------------------------------------------------------
 @router.get("/models", summary="All served models", tags=["models"])
 async def list_models(request: Request) -> ModelList:
     service: Service = request.app.state.service
-    _require_loaded(service)
+    service.require_loaded()
     return ModelList(
         default=service.repository.default,
         models=[_describe(service, name) for name in service.repository.versions],
@@ -189,13 +126,8 @@ async def get_model(
         raise ModelNotFound(
             f"no model named '{name}' (available: {', '.join(service.repository.versions)})"
         )
-    _require_loaded(service)
+    service.require_loaded()
     return _describe(service, name)
-
-
-def _require_loaded(service: Service) -> None:
-    if not service.loaded:
-        raise NotReady("models are still loading")
 
 
 def _describe(service: Service, name: str) -> ModelInfo:
@@ -245,7 +177,7 @@ async def healthz() -> Status:
 async def readyz(request: Request) -> Status:
     service: Service = request.app.state.service
     if not service.ready:
-        raise NotReady("draining" if service.draining else "models are still loading")
+        raise NotReady(service.not_ready_reason())
     return Status(status="ready")
 
 

@@ -1,159 +1,37 @@
-"""The application: the served models (session pool + batcher each), readiness, and the factory.
+"""The application factory: the core (``service.core.Service``) behind its HTTP front door.
 
-Life of the process:
-1. ``create_app`` is given the scanned repository (a missing or empty one fails before serving).
-2. The lifespan starts loading in the background so ``/healthz`` answers at once (with several
-   processes, see ``service.processes``, each waits for its models before it accepts): sessions are
-   created, the card is read and checked, a warm-up batch runs, the batcher starts; then
-   ``/readyz`` turns 200. A ``ModelLoadError`` marks the service failed, and ``service.server``
-   stops the server with a non-zero exit code (never a half-ready server).
-3. ``begin_drain`` (SIGTERM) turns ``/readyz`` 503 at once; uvicorn lets in-flight requests
-   finish; the lifespan's end drains the batchers and closes the sessions.
+``create_app`` is given the scanned repository (a missing or empty one fails before serving).
+The lifespan starts loading in the background so ``/healthz`` answers at once (with several
+processes, see ``service.processes``, each waits for its models before it accepts); the
+lifespan's end drains the batchers and closes the sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
-import numpy as np
 from fastapi import FastAPI
-from prometheus_client import Histogram
 
-from service import metrics
 from service.access import AccessLog
 from service.api import router
-from service.batching import Batcher, RunBatch
-from service.errors import ModelLoadError, NotReady, install_error_handlers
-from service.model_card import ModelCard
-from service.repository import ModelRepository, ModelVersion
-from service.runtime import SessionPool, load_model
+from service.core import Service, lone_process
+from service.problems import install_error_handlers
+from service.repository import ModelRepository
 from service.security import install_security
 from service.settings import Settings
-from service.threads import WorkerThreads
-
-log = logging.getLogger("segserve.app")
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class ServedModel:
-    ref: ModelVersion
-    card: ModelCard
-    pool: SessionPool
-    batcher: Batcher
-    queue_wait: Histogram  # this version's child of metrics.QUEUE_WAIT, looked up once
-
-
-class Service:
-    """Everything a request needs: the served models, the CPU worker threads, the state."""
-
-    def __init__(self, settings: Settings, repository: ModelRepository) -> None:
-        self.settings = settings
-        self.repository = repository
-        self.models: dict[str, ServedModel] = {}
-        self.workers = WorkerThreads(settings.worker_threads, "cpu")
-        self.loaded = False
-        self.draining = False
-        self.failure: ModelLoadError | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.loaded and not self.draining
-
-    def model(self, name: str | None, version: int | None) -> ServedModel:
-        """The loaded model a request names; NotReady while loading. Draining still serves:
-        requests keep coming until load balancers have seen /readyz turn 503."""
-        ref = self.repository.resolve(name, version)
-        if not self.loaded:
-            raise NotReady("models are still loading")
-        return self.models[ref.key]
-
-    async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run decode/resize/encode work on the worker threads, off the event loop."""
-        return await self.workers.run(fn, *args, **kwargs)
-
-    def begin_drain(self) -> None:
-        """Turn /readyz 503. Only sets a flag: it is called from a signal handler."""
-        self.draining = True
-
-    async def load(self) -> None:
-        try:
-            for ref in self.repository.all():
-                self.models[ref.key] = await self._serve(ref)
-        except ModelLoadError as exc:
-            self.failure = exc
-            log.error("cannot serve the model repository: %s", exc)
-            return
-        except Exception as exc:  # a bug, but the process must still stop rather than hang
-            self.failure = ModelLoadError(f"unexpected error while loading models: {exc!r}")
-            log.exception("unexpected error while loading models")
-            return
-        self.loaded = True
-        log.info("ready", extra={"models": sorted(self.models), "default": self.repository.default})
-
-    async def _serve(self, ref: ModelVersion) -> ServedModel:
-        started = time.perf_counter()
-        card, pool = await asyncio.to_thread(load_model, ref, self.settings)
-        spec = card.input
-        await asyncio.to_thread(pool.warm_up, np.zeros((1, 3, spec.height, spec.width), spec.dtype))
-        batcher = Batcher(
-            _instrumented(pool, ref),
-            max_batch_size=self.settings.max_batch_size,
-            max_delay_s=self.settings.max_batch_delay_s,
-            max_queue=self.settings.max_queue,
-            concurrency=pool.size,
-            name=ref.key,
-            wait_for_announced=self.settings.batch_eager,
-            # Set on every change rather than read at scrape time: with several server
-            # processes the scrape is answered by one of them (service/processes.py).
-            on_depth=metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set,
-        )
-        await batcher.start()
-        metrics.MODEL_INFO.labels(ref.name, str(ref.version), pool.provider).set(1)
-        log.info(
-            "loaded %s",
-            ref.key,
-            extra={
-                "provider": pool.provider,
-                "sessions": pool.size,
-                "seconds": round(time.perf_counter() - started, 3),
-            },
-        )
-        queue_wait = metrics.QUEUE_WAIT.labels(ref.name, str(ref.version))
-        return ServedModel(ref, card, pool, batcher, queue_wait)
-
-    async def close(self) -> None:
-        """Finish queued work, then release sessions and threads."""
-        await asyncio.gather(*(m.batcher.stop() for m in self.models.values()))
-        for served in self.models.values():
-            served.pool.close()
-        self.workers.shutdown()
-
-
-def _instrumented(pool: SessionPool, ref: ModelVersion) -> RunBatch:
-    infer_time = metrics.INFERENCE_TIME.labels(ref.name, str(ref.version))
-    batch_size = metrics.BATCH_SIZE.labels(ref.name, str(ref.version))
-
-    async def run_batch(batch: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        labels = await pool.run(batch)
-        infer_time.observe(time.perf_counter() - started)
-        batch_size.observe(len(batch))
-        return labels
-
-    return run_batch
-
-
-def create_app(settings: Settings, repository: ModelRepository) -> FastAPI:
-    service = Service(settings, repository)
+def create_app(
+    settings: Settings,
+    repository: ModelRepository,
+    *,
+    all_listening: Callable[[], bool] = lone_process,
+) -> FastAPI:
+    """The app serving ``repository``. ``all_listening``: whether every sibling server process
+    listens yet (``service.processes``); readiness waits for it."""
+    service = Service(settings, repository, all_listening=all_listening)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from service.security import request_id_var
+from service.context import NO_REQUEST, request_id_var
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged as a field.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -24,7 +24,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,  # which server process, when SEGSERVE_PROCESSES > 1
         }
         request_id = request_id_var.get()
-        if request_id != "-":
+        if request_id != NO_REQUEST:
             entry["request_id"] = request_id
         entry.update(
             (key, value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import PROBLEM_MEDIA_TYPE
+from service.problems import PROBLEM_MEDIA_TYPE
 from service.protocol import MULTIPART, RAW_MEDIA_TYPES
 from service.schemas import Problem, RleResult
 

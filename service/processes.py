@@ -11,7 +11,10 @@ Each binds its own socket to the port with SO_REUSEPORT, and the kernel spreads 
 evenly over the listening ones. (One shared socket instead lets whichever process is idle at
 the moment accept a whole burst of keep-alive connections: measured, one process then served
 most of a c=32 load.) A socket only joins once its process has loaded its models and uvicorn
-calls listen(), so no request meets a process that is still loading. SIGTERM/SIGINT are
+calls listen(), so no request meets a process that is still loading. ``/readyz`` answers 200
+only once every process listens (a count in shared memory): a load balancer that sees the
+server ready can reach all of its capacity, and a client opening several connections spreads
+over all processes. SIGTERM/SIGINT are
 passed on (each process then drains as a lone server does: /readyz 503, in-flight requests
 finish) and the supervisor exits 0 once all have stopped cleanly. When one fails (a model that
 cannot load, a crash) the others are stopped and the supervisor exits 1: a server quietly
@@ -32,6 +35,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
 from types import FrameType
 
 from prometheus_client import multiprocess
@@ -59,8 +63,9 @@ def supervise(settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="segserve-metrics-") as metrics_dir:
         os.environ[metrics.MULTIPROCESS_DIR_ENV] = metrics_dir
         spawn = multiprocessing.get_context("spawn")
+        listening = spawn.Value("i", 0)  # processes listening; handed over at start
         children = [
-            spawn.Process(target=_serve_one, name=f"segserve-{i}")
+            spawn.Process(target=_serve_one, args=(listening,), name=f"segserve-{i}")
             for i in range(settings.processes)
         ]
         return _run(children, f"{settings.host}:{settings.port}")
@@ -118,9 +123,14 @@ def _signal_all(children: Sequence[multiprocessing.process.BaseProcess], sig: in
             os.kill(child.pid, sig)
 
 
-def _serve_one() -> None:
-    """A spawned server process: the same settings (from the environment), its own socket."""
+def _serve_one(listening: Synchronized[int]) -> None:
+    """A spawned server process: the same settings (from the environment), its own socket, and
+    the count of processes ``listening``, which it joins once it listens."""
     from service import server  # not imported by the supervisor, which never serves
+
+    def joined() -> None:
+        with listening.get_lock():
+            listening.value += 1
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -129,7 +139,14 @@ def _serve_one() -> None:
     except OSError as exc:  # address in use by another program, not ours to bind, ...
         log.error("cannot bind %s:%d: %s", settings.host, settings.port, exc)
         sys.exit(1)
-    sys.exit(server.serve(settings, sockets=[sock]))
+    sys.exit(
+        server.serve(
+            settings,
+            sockets=[sock],
+            on_listening=joined,
+            all_listening=lambda: listening.value >= settings.processes,
+        )
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -4,18 +4,14 @@ capped while streaming), which output format the client asks for, and whether it
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Awaitable
-from enum import StrEnum
-from typing import TypeVar
+from collections.abc import AsyncGenerator
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-
-T = TypeVar("T")
+from service.pipeline import OutputFormat
 
 RAW_MEDIA_TYPES = (
     "image/jpeg",
@@ -28,12 +24,6 @@ RAW_MEDIA_TYPES = (
 )
 MULTIPART = "multipart/form-data"
 _ALIASES = {"image/jpg": "image/jpeg", "image/x-ms-bmp": "image/bmp"}
-
-
-class OutputFormat(StrEnum):
-    png = "png"
-    rle = "rle"
-    overlay = "overlay"
 
 
 # Accept media range -> format, for requests without ?format=.
@@ -119,22 +109,8 @@ async def image_part(headers: Headers, body: bytes) -> bytes:
         await form.close()
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Await ``work`` unless the client goes away first: then cancel it (the batcher frees the
-    request's place in its queue) and return None."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    return None
-
-
-async def _disconnected(request: Request) -> None:
+async def disconnected(request: Request) -> None:
+    """Complete when the client of ``request``, whose body has been read, goes away."""
     # The body has been read: the next ASGI message can only be the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass

@@ -27,14 +27,15 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
-from contextvars import ContextVar
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.errors import Overloaded, Unauthorized, problem_from
+from service.context import request_id_var
+from service.errors import Overloaded, Unauthorized
+from service.problems import problem_from
 from service.settings import Settings
 
 log = logging.getLogger("segserve.security")
@@ -44,8 +45,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Answers a browser script may read besides the CORS-safelisted ones.
 _EXPOSED_HEADERS = ["X-Model", "X-Model-Version", "Server-Timing", REQUEST_ID_HEADER, "Retry-After"]
-
-request_id_var: ContextVar[str] = ContextVar("segserve_request_id", default="-")
 
 
 def install_security(app: FastAPI, settings: Settings) -> None:

@@ -7,11 +7,13 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
-from service.app import Service, create_app
+from service.app import create_app
+from service.core import Service, lone_process
 from service.errors import ModelLoadError
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -24,9 +26,16 @@ class DrainingServer(uvicorn.Server):
     load balancers stop sending) before uvicorn stops accepting and lets in-flight requests
     finish; a failed model load stops the server with exit code 1."""
 
-    def __init__(self, config: uvicorn.Config, service: Service, drain_delay_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service: Service,
+        drain_delay_s: float,
+        on_listening: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.service = service
+        self.on_listening = on_listening
         self.drain_delay_s = drain_delay_s
         self.stop_at: float | None = None
         self.drain_announced = False
@@ -42,6 +51,11 @@ class DrainingServer(uvicorn.Server):
             return
         delay = 0.0 if sig == signal.SIGINT else self.drain_delay_s
         self.stop_at = time.monotonic() + delay
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_listening is not None:
+            self.on_listening()
 
     async def on_tick(self, counter: int) -> bool:
         """Every 0.1 s on the event loop (the signal handler only records the signal)."""
@@ -60,16 +74,24 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
-    """Run one server process until it stops; its exit code. ``sockets``: listen on these (bound
-    to the port by a process of ``service.processes``, not yet listening) instead of binding
-    ``host``:``port``. Logging must be configured already."""
+def serve(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    *,
+    on_listening: Callable[[], None] | None = None,
+    all_listening: Callable[[], bool] = lone_process,
+) -> int:
+    """Run one server process until it stops; its exit code. Logging must be configured already.
+
+    Under ``service.processes``: ``sockets`` are bound to the port and not yet listening (they
+    replace binding ``host``:``port``), ``on_listening`` is called once this process listens and
+    ``all_listening`` says whether every process does (readiness waits for it)."""
     try:
         repository = ModelRepository.scan(settings.model_repository, settings.default_model)
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    app = create_app(settings, repository)
+    app = create_app(settings, repository, all_listening=all_listening)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -80,7 +102,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> int
         server_header=False,
         # loop/http "auto": uvloop and httptools when installed (uvicorn[standard]).
     )
-    server = DrainingServer(config, app.state.service, settings.drain_delay_s)
+    server = DrainingServer(config, app.state.service, settings.drain_delay_s, on_listening)
     server.run(sockets=sockets)
     if not server.started:
         return 1

@@ -6,8 +6,10 @@ measure what they claim: real servers, real answers, the service's own pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +86,23 @@ def test_offline_runs_the_service_pipeline(tiny_model: Path) -> None:
 
 def test_offline_pipeline_gives_the_models_answer(tiny_model: Path) -> None:
     # The tiny model calls pure red "red" (class 1): the encoded mask must say so everywhere.
+    from service import pipeline
     from service.settings import Settings
 
-    pipe = offline.Pipeline(tiny_model, Settings())
     buffer = io.BytesIO()
     Image.new("RGB", (80, 60), (255, 0, 0)).save(buffer, format="PNG")
-    size, x = pipe.front(buffer.getvalue())
-    labels = pipe.infer(x[None])
-    mask = Image.open(io.BytesIO(pipe.back(labels[0], size)))
+
+    async def segment() -> bytes:
+        service, served = await offline.started(tiny_model, Settings())
+        try:
+            result = await pipeline.segment(
+                service, served, buffer.getvalue(), offline.PNG, deadline=time.monotonic() + 10
+            )
+        finally:
+            await service.close()
+        return result.content
+
+    mask = Image.open(io.BytesIO(asyncio.run(segment())))
     assert mask.size == (80, 60)
     assert np.all(np.asarray(mask) == 1)
 

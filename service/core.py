@@ -1,0 +1,170 @@
+"""The served models and their readiness: what every front door serves from.
+
+Life of a ``Service``:
+1. ``load`` creates each version's sessions, reads and checks its card, runs a warm-up batch and
+   starts its batcher; then the service is ``loaded``. A ``ModelLoadError`` marks it ``failed``
+   (``service.server`` then stops with a non-zero exit code: never a half-ready server).
+2. ``ready`` is what ``/readyz`` reports: loaded, not draining, and every sibling process of the
+   same server listening (``all_listening``; see ``service.processes``).
+3. ``begin_drain`` (SIGTERM) turns ``ready`` false at once; requests are still served until the
+   edge stops accepting them. ``close`` finishes queued work and releases sessions and threads.
+
+Nothing here knows HTTP: requests go through ``service.pipeline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+from prometheus_client import Histogram
+
+from service import metrics
+from service.batching import Batcher, RunBatch
+from service.errors import ModelLoadError, NotReady
+from service.model_card import ModelCard
+from service.repository import ModelRepository, ModelVersion
+from service.runtime import SessionPool, load_model
+from service.settings import Settings
+from service.threads import WorkerThreads
+
+log = logging.getLogger("segserve.core")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    ref: ModelVersion
+    card: ModelCard
+    pool: SessionPool
+    batcher: Batcher
+    queue_wait: Histogram  # this version's child of metrics.QUEUE_WAIT, looked up once
+
+
+def lone_process() -> bool:
+    """``all_listening`` of a server that is one process: it is listening when it serves."""
+    return True
+
+
+class Service:
+    """Everything a request needs: the served models, the CPU worker threads, the state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repository: ModelRepository,
+        *,
+        all_listening: Callable[[], bool] = lone_process,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.models: dict[str, ServedModel] = {}
+        self.workers = WorkerThreads(settings.worker_threads, "cpu")
+        self.all_listening = all_listening
+        self.loaded = False
+        self.draining = False
+        self.failure: ModelLoadError | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining and self.all_listening()
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "draining"
+        if not self.loaded:
+            return "models are still loading"
+        return "not every server process is listening yet"
+
+    def require_loaded(self) -> None:
+        if not self.loaded:
+            raise NotReady("models are still loading")
+
+    def model(self, name: str | None, version: int | None) -> ServedModel:
+        """The loaded model a request names; NotReady while loading. Draining still serves:
+        requests keep coming until load balancers have seen /readyz turn 503."""
+        ref = self.repository.resolve(name, version)
+        self.require_loaded()
+        return self.models[ref.key]
+
+    async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run decode/resize/encode work on the worker threads, off the event loop."""
+        return await self.workers.run(fn, *args, **kwargs)
+
+    def begin_drain(self) -> None:
+        """Turn readiness off. Only sets a flag: it is called from a signal handler."""
+        self.draining = True
+
+    async def load(self) -> None:
+        try:
+            for ref in self.repository.all():
+                self.models[ref.key] = await self._serve(ref)
+        except ModelLoadError as exc:
+            self.failure = exc
+            log.error("cannot serve the model repository: %s", exc)
+            return
+        except Exception as exc:  # a bug, but the process must still stop rather than hang
+            self.failure = ModelLoadError(f"unexpected error while loading models: {exc!r}")
+            log.exception("unexpected error while loading models")
+            return
+        self.loaded = True
+        log.info("ready", extra={"models": sorted(self.models), "default": self.repository.default})
+
+    async def _serve(self, ref: ModelVersion) -> ServedModel:
+        started = time.perf_counter()
+        card, pool = await asyncio.to_thread(load_model, ref, self.settings)
+        spec = card.input
+        await asyncio.to_thread(pool.warm_up, np.zeros((1, 3, spec.height, spec.width), spec.dtype))
+        batcher = Batcher(
+            _instrumented(pool, ref),
+            max_batch_size=self.settings.max_batch_size,
+            max_delay_s=self.settings.max_batch_delay_s,
+            max_queue=self.settings.max_queue,
+            concurrency=pool.size,
+            name=ref.key,
+            wait_for_announced=self.settings.batch_eager,
+            # Set on every change rather than read at scrape time: with several server
+            # processes the scrape is answered by one of them (service/processes.py).
+            on_depth=metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set,
+        )
+        await batcher.start()
+        metrics.MODEL_INFO.labels(ref.name, str(ref.version), pool.provider).set(1)
+        log.info(
+            "loaded %s",
+            ref.key,
+            extra={
+                "provider": pool.provider,
+                "sessions": pool.size,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        queue_wait = metrics.QUEUE_WAIT.labels(ref.name, str(ref.version))
+        return ServedModel(ref, card, pool, batcher, queue_wait)
+
+    async def close(self) -> None:
+        """Finish queued work, then release sessions and threads."""
+        await asyncio.gather(*(m.batcher.stop() for m in self.models.values()))
+        for served in self.models.values():
+            served.pool.close()
+        self.workers.shutdown()
+
+
+def _instrumented(pool: SessionPool, ref: ModelVersion) -> RunBatch:
+    infer_time = metrics.INFERENCE_TIME.labels(ref.name, str(ref.version))
+    batch_size = metrics.BATCH_SIZE.labels(ref.name, str(ref.version))
+
+    async def run_batch(batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        labels = await pool.run(batch)
+        infer_time.observe(time.perf_counter() - started)
+        batch_size.observe(len(batch))
+        return labels
+
+    return run_batch
