@@ -47,18 +47,19 @@ class InferenceFailed(ServiceError):
     status, code, title = 500, "inference_failed", "Inference failed"
 
 
-class Overloaded(ServiceError):
+class RetryLater(ServiceError):
+    """A refusal that passes: the answer says when to try again (``Retry-After``)."""
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class Overloaded(RetryLater):
     status, code, title = 503, "overloaded", "Overloaded"
 
-    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
-
-class NotReady(ServiceError):
+class NotReady(RetryLater):
     status, code, title = 503, "not_ready", "Not ready"
-
-    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
 class ClientClosed(ServiceError):

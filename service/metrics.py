@@ -27,6 +27,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
+
+def _per_version(name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
+    return Histogram(name, documentation, ["model", "version"], buckets=buckets)
+
+
 REQUESTS = Counter(
     "segserve_requests",
     "Segmentation requests by model, format and HTTP status code",
@@ -38,24 +43,17 @@ REQUEST_LATENCY = Histogram(
     ["model", "format"],
     buckets=_LATENCY_BUCKETS,
 )
-QUEUE_WAIT = Histogram(
+QUEUE_WAIT = _per_version(
     "segserve_queue_wait_seconds",
     "Time an image waited in the batcher before its batch ran",
-    ["model", "version"],
-    buckets=_STAGE_BUCKETS,
+    _STAGE_BUCKETS,
 )
-INFERENCE_TIME = Histogram(
+INFERENCE_TIME = _per_version(
     "segserve_inference_duration_seconds",
     "ONNX Runtime time per batch (labels out)",
-    ["model", "version"],
-    buckets=_STAGE_BUCKETS,
+    _STAGE_BUCKETS,
 )
-BATCH_SIZE = Histogram(
-    "segserve_batch_size",
-    "Images per inference batch",
-    ["model", "version"],
-    buckets=_BATCH_BUCKETS,
-)
+BATCH_SIZE = _per_version("segserve_batch_size", "Images per inference batch", _BATCH_BUCKETS)
 QUEUE_DEPTH = Gauge(
     "segserve_queue_depth",
     "Images waiting in the batcher queue",
