@@ -18,6 +18,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ import orjson
 from onnx import TensorProto, helper
 from PIL import Image, ImageDraw
 
-from bench.images import sample_jpeg
+from bench.images import SIZES, sample_jpeg
 from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL
 from service import imaging, masks, runtime
-from service.model_card import ModelCard
+from service.model_card import ClassInfo, InputSpec, ModelCard
 from service.settings import Settings
+
+SMALL, LARGE = SIZES["small"], SIZES["large"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int
             _session(model, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
         ),
     ):
-        ms, cpu = best_ms(lambda s=session: _run(s, batch), repeat)
+        ms, cpu = best_ms(partial(_run, session, batch), repeat)
         levers.append(
             Lever(
                 f"ORT session (batch {n})",
@@ -163,11 +166,17 @@ def inference_levers(path: Path, card: ModelCard, batch: np.ndarray, repeat: int
 
 
 def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
-    spec = card.input
-    small, large = sample_jpeg("small"), sample_jpeg("large")
-    need = (spec.width, spec.height)
-    levers = []
+    """The levers around inference, in a request's order: decode, prepare, resize, encode."""
+    return [
+        *_decode_levers(card.input, repeat),
+        *_resize_levers(card, repeat),
+        *_encoding_levers(card, repeat),
+    ]
 
+
+def _decode_levers(spec: InputSpec, repeat: int) -> list[Lever]:
+    need = (spec.width, spec.height)
+    large = sample_jpeg("large")
     full, _ = best_ms(
         lambda: imaging.prepare(imaging.decode(large, max_pixels=10**9).image, spec),
         max(1, repeat // 2),
@@ -176,13 +185,7 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
         lambda: imaging.prepare(imaging.decode(large, max_pixels=10**9, min_size=need).image, spec),
         repeat,
     )
-    levers.append(
-        Lever(
-            "decode+prepare 4000x3000 JPEG", "full decode", "JPEG draft (DCT scaling)", full, draft
-        )
-    )
-
-    image = imaging.decode(small, max_pixels=10**9, min_size=need).image
+    image = imaging.decode(sample_jpeg("small"), max_pixels=10**9, min_size=need).image
     mean = np.array(spec.mean, np.float32).reshape(3, 1, 1)
     std = np.array(spec.std, np.float32).reshape(3, 1, 1)
     naive, _ = best_ms(
@@ -192,135 +195,166 @@ def pixel_levers(card: ModelCard, repeat: int) -> list[Lever]:
         repeat,
     )
     ours, _ = best_ms(lambda: imaging.prepare(image, spec), repeat)
-    levers.append(
+    return [
+        Lever(
+            "decode+prepare 4000x3000 JPEG", "full decode", "JPEG draft (DCT scaling)", full, draft
+        ),
         Lever(
             "prepare (resize + normalise)",
             "float64 temporaries",
             "one float32 affine pass, in place",
             naive,
             ours,
-        )
-    )
+        ),
+    ]
 
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((card.num_classes, spec.height, spec.width)).astype(np.float32)
+
+def _resize_levers(card: ModelCard, repeat: int) -> list[Lever]:
+    spec = card.input
+    logits = (
+        np.random.default_rng(0)
+        .standard_normal((card.num_classes, spec.height, spec.width))
+        .astype(np.float32)
+    )
     labels = logits.argmax(axis=0).astype(np.uint8)
-    small_size, large_size = (640, 480), (4000, 3000)
 
     def upsample_logits() -> np.ndarray:
         planes = [
-            np.asarray(Image.fromarray(c).resize(small_size, Image.Resampling.BILINEAR))
-            for c in logits
+            np.asarray(Image.fromarray(c).resize(SMALL, Image.Resampling.BILINEAR)) for c in logits
         ]
         return np.stack(planes).argmax(axis=0).astype(np.uint8)
 
-    before, _ = best_ms(upsample_logits, repeat)
-    after, _ = best_ms(lambda: masks.resize_labels(labels, small_size), repeat)
-    levers.append(
+    bilinear, _ = best_ms(upsample_logits, repeat)
+    nearest, _ = best_ms(lambda: masks.resize_labels(labels, SMALL), repeat)
+    pillow, _ = best_ms(
+        lambda: Image.fromarray(labels).resize(LARGE, Image.Resampling.NEAREST), repeat
+    )
+    ours, _ = best_ms(lambda: masks.resize_labels(labels, LARGE), repeat)
+    rows_first, _ = best_ms(
+        lambda: labels.take(masks._nearest(spec.height, LARGE[1]), axis=0).take(
+            masks._nearest(spec.width, LARGE[0]), axis=1
+        ),
+        repeat,
+    )
+    return [
         Lever(
             "mask to 640x480",
             "bilinear logits then argmax",
             "nearest on uint8 labels",
-            before,
-            after,
-        )
-    )
-    before, _ = best_ms(
-        lambda: Image.fromarray(labels).resize(large_size, Image.Resampling.NEAREST), repeat
-    )
-    after, _ = best_ms(lambda: masks.resize_labels(labels, large_size), repeat)
-    rows_first, _ = best_ms(
-        lambda: labels.take(masks._nearest(spec.height, 3000), axis=0).take(
-            masks._nearest(spec.width, 4000), axis=1
+            bilinear,
+            nearest,
         ),
-        repeat,
-    )
-    levers.append(
         Lever(
             "labels to 4000x3000",
             "NumPy take, rows first",
             "NumPy take, columns first",
             rows_first,
-            after,
+            ours,
             "commit 097e789",
-        )
-    )
-    levers.append(
-        Lever("labels to 4000x3000", "Pillow NEAREST", "NumPy take, integer centres", before, after)
-    )
+        ),
+        Lever("labels to 4000x3000", "Pillow NEAREST", "NumPy take, integer centres", pillow, ours),
+    ]
 
+
+def _encoding_levers(card: ModelCard, repeat: int) -> list[Lever]:
     # What a segmentation model answers: a few large regions at the model's resolution.
-    shapes = shapes_mask(spec.width, spec.height, card.num_classes)
-    palette = card.palette()
-    for size in (small_size, large_size):
-        mask = masks.resize_labels(shapes, size)
-        image = Image.fromarray(mask, "P")
-        image.putpalette([c for rgb in palette for c in rgb])
-        ours = masks.encode_png(shapes, palette, size=size)
-        after, _ = best_ms(lambda s=size: masks.encode_png(shapes, palette, size=s), repeat)
-        for name, kwargs in (
-            ("resize, Pillow default (zlib 6)", {}),
-            ("resize, Pillow zlib 1 + Z_RLE", {"compress_level": 1, "compress_type": zlib.Z_RLE}),
-        ):
-            before, _ = best_ms(
-                lambda s=size, kw=kwargs: _pillow_png(
-                    masks.resize_labels(shapes, s), palette, **kw
-                ),
-                repeat,
-            )
-            levers.append(
-                Lever(
-                    f"palette PNG {size[0]}x{size[1]}",
-                    name,
-                    "from the model-sized labels, repeated rows reused (service/png.py)",
-                    before,
-                    after,
-                    f"{len(_pillow_png(mask, palette, **kwargs)) / 1024:.1f} KiB -> "
-                    f"{len(ours) / 1024:.1f} KiB",
-                )
-            )
-        before, _ = best_ms(
-            lambda s=size: masks.encode_rle(masks.resize_labels(shapes, s), card.classes), repeat
-        )
-        after, _ = best_ms(lambda s=size: masks.encode_rle(shapes, card.classes, size=s), repeat)
-        levers.append(
-            Lever(
-                f"COCO RLE {size[0]}x{size[1]}",
-                "resize, runs of the full map",
-                "runs of the distinct columns, repeated",
-                before,
-                after,
-            )
-        )
-
-    doc = {"model": card.name, "masks": masks.encode_rle(mask, card.classes)}
+    shapes = shapes_mask(card.input.width, card.input.height, card.num_classes)
+    levers = []
+    for size in (SMALL, LARGE):
+        levers += _png_levers(shapes, card.palette(), size, repeat)
+        levers.append(_rle_lever(shapes, card.classes, size, repeat))
+    large_mask = masks.resize_labels(shapes, LARGE)
+    doc = {"model": card.name, "masks": masks.encode_rle(large_mask, card.classes)}
     before, _ = best_ms(lambda: json.dumps(doc).encode(), repeat)
     after, _ = best_ms(lambda: orjson.dumps(doc), repeat)
     levers.append(Lever("RLE JSON body", "json.dumps", "orjson.dumps", before, after))
     return levers
 
 
-def main(argv: list[str] | None = None) -> None:
+def _png_levers(
+    shapes: np.ndarray, palette: list[tuple[int, int, int]], size: tuple[int, int], repeat: int
+) -> list[Lever]:
+    mask = masks.resize_labels(shapes, size)
+    ours = masks.encode_png(shapes, palette, size=size)
+    after, _ = best_ms(lambda: masks.encode_png(shapes, palette, size=size), repeat)
+    levers = []
+    for name, kwargs in (
+        ("resize, Pillow default (zlib 6)", {}),
+        ("resize, Pillow zlib 1 + Z_RLE", {"compress_level": 1, "compress_type": zlib.Z_RLE}),
+    ):
+        before, _ = best_ms(partial(_resized_pillow_png, shapes, size, palette, **kwargs), repeat)
+        levers.append(
+            Lever(
+                f"palette PNG {size[0]}x{size[1]}",
+                name,
+                "from the model-sized labels, repeated rows reused (service/png.py)",
+                before,
+                after,
+                f"{len(_pillow_png(mask, palette, **kwargs)) / 1024:.1f} KiB -> "
+                f"{len(ours) / 1024:.1f} KiB",
+            )
+        )
+    return levers
+
+
+def _resized_pillow_png(
+    shapes: np.ndarray, size: tuple[int, int], palette: list[tuple[int, int, int]], **kwargs: object
+) -> bytes:
+    return _pillow_png(masks.resize_labels(shapes, size), palette, **kwargs)
+
+
+def _rle_lever(
+    shapes: np.ndarray, classes: list[ClassInfo], size: tuple[int, int], repeat: int
+) -> Lever:
+    before, _ = best_ms(
+        lambda: masks.encode_rle(masks.resize_labels(shapes, size), classes), repeat
+    )
+    after, _ = best_ms(lambda: masks.encode_rle(shapes, classes, size=size), repeat)
+    return Lever(
+        f"COCO RLE {size[0]}x{size[1]}",
+        "resize, runs of the full map",
+        "runs of the distinct columns, repeated",
+        before,
+        after,
+    )
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    return parser.parse_args(argv)
+
+
+def measure(model: Path, batch_sizes: list[int], repeat: int) -> list[Lever]:
+    """Every lever of ``model``: the pixel levers once, the inference levers per batch size."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
-    load_before = str(load_average())
-    levers = pixel_levers(card, args.repeat)
-    for b in (int(b) for b in args.batch_sizes.split(",")):
+    levers = pixel_levers(card, repeat)
+    for b in batch_sizes:
         batch = (
             np.random.default_rng(b)
             .standard_normal((b, 3, card.input.height, card.input.width))
             .astype(np.float32)
         )
-        levers += inference_levers(args.model, card, batch, args.repeat)
-    print(f"load average before {load_before}, after {load_average()}")
-    print("| lever | before | after (segserve) | speed-up | note |\n|---|---|---|---|---|")
-    print("\n".join(lever.row() for lever in levers))
+        levers += inference_levers(model, card, batch, repeat)
+    return levers
+
+
+def render(levers: list[Lever]) -> str:
+    rows = "\n".join(lever.row() for lever in levers)
+    return f"| lever | before | after (segserve) | speed-up | note |\n|---|---|---|---|---|\n{rows}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    load_before = str(load_average())
+    levers = measure(args.model, [int(b) for b in args.batch_sizes.split(",")], args.repeat)
+    load_after = str(load_average())
+    print(f"load average before {load_before}, after {load_after}")
+    print(render(levers))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -328,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "model": str(args.model),
                     "load_before": load_before,
-                    "load_after": str(load_average()),
+                    "load_after": load_after,
                     "levers": [asdict(v) for v in levers],
                 },
                 indent=2,

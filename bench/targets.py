@@ -34,6 +34,7 @@ from bench.server import (
 )
 
 RESULTS = ROOT / "bench" / "results"
+SERVER_LOGS = RESULTS / "tmp"
 OPEN_LOOP_SHARES = (0.5, 0.7, 0.9)  # of the closed-loop c=32 throughput
 
 
@@ -49,7 +50,19 @@ class Verdict:
         return f"| {self.name} | {self.measured} | {self.bound} | {verdict} |"
 
 
-def main(argv: list[str] | None = None) -> None:
+@dataclass(frozen=True)
+class Measured:
+    """Every result of one run: the offline limits, each load level's JSON, and the conditions."""
+
+    offline: dict
+    offline_large: dict
+    runs: dict[str, dict]
+    rss_every: int  # the memory run records RSS after this many requests, and after 10 times it
+    load_before: str
+    load_after: str
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
@@ -69,13 +82,13 @@ def main(argv: list[str] | None = None) -> None:
         help="load client for the targets; c=32 is also run with httpx",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "targets")
-    args = parser.parse_args(argv)
-    out, tmp = args.out, RESULTS / "tmp"
-    out.mkdir(parents=True, exist_ok=True)
-    settings = settings_dict([*args.settings, *args.server_settings])
-    load_before = str(load_average())
-    duration = ["--duration", str(args.duration), "--warmup", "3", "--client", args.client]
+    return parser.parse_args(argv)
 
+
+def measure(args: argparse.Namespace, settings: dict[str, str]) -> Measured:
+    """The offline runs, then the load levels on one server, then the memory run on a fresh one."""
+    out = args.out
+    load_before = str(load_average())
     offline = run_offline(args.model, out / "offline-small.json", args.settings)
     offline_large = run_offline(
         args.model,
@@ -86,8 +99,18 @@ def main(argv: list[str] | None = None) -> None:
         "--batch-sizes",
         "1",
     )
+    runs = _run_levels(args, settings)
+    every = max(1, args.memory_requests // 10)
+    runs["memory"] = _run_memory(args, settings, every)
+    return Measured(offline, offline_large, runs, every, load_before, str(load_average()))
+
+
+def _run_levels(args: argparse.Namespace, settings: dict[str, str]) -> dict[str, dict]:
+    """Closed loop at c=1 and c=32, then open loop at shares of the c=32 throughput."""
+    out = args.out
     runs: dict[str, dict] = {}
-    with serve("segserve", args.model, tmp / "targets-segserve.log", settings) as server:
+    duration = ["--duration", str(args.duration), "--warmup", "3", "--client", args.client]
+    with serve("segserve", args.model, SERVER_LOGS / "targets-segserve.log", settings) as server:
         for name, extra in (
             ("c1-small", ["--concurrency", "1"]),
             ("c1-large", ["--concurrency", "1", "--image", "large"]),
@@ -113,12 +136,16 @@ def main(argv: list[str] | None = None) -> None:
                 "--rate",
                 str(rate),
             )
-    with serve("segserve", args.model, tmp / "targets-memory.log", settings) as server:
-        every = max(1, args.memory_requests // 10)
-        runs["memory"] = run_loadtest(
+    return runs
+
+
+def _run_memory(args: argparse.Namespace, settings: dict[str, str], every: int) -> dict:
+    """``args.memory_requests`` requests on a fresh server, its RSS recorded every ``every``."""
+    with serve("segserve", args.model, SERVER_LOGS / "targets-memory.log", settings) as server:
+        return run_loadtest(
             server.base_url,
             server.pid,
-            out / "memory.json",
+            args.out / "memory.json",
             "--concurrency",
             "8",
             "--client",
@@ -132,14 +159,16 @@ def main(argv: list[str] | None = None) -> None:
             "--rss-every",
             str(every),
         )
-    load_after = str(load_average())
 
-    limit, single = offline["limit_images_per_s"], offline["single_image_ms"]
-    c32, c1, c1_large = runs["c32-small"], runs["c1-small"], runs["c1-large"]
-    rss = runs["memory"]["server_rss_mb"]
-    rss_first, rss_last = rss[str(every)], rss[str(every * 10)]
+
+def judge(m: Measured) -> list[Verdict]:
+    """The four targets of docs/PERFORMANCE.md, in its order, each against its bound."""
+    limit, single = m.offline["limit_images_per_s"], m.offline["single_image_ms"]
+    c32, c1, c1_large = m.runs["c32-small"], m.runs["c1-small"], m.runs["c1-large"]
+    rss = m.runs["memory"]["server_rss_mb"]
+    rss_first, rss_last = rss[str(m.rss_every)], rss[str(m.rss_every * 10)]
     ratio = c1_large["latency_ms"]["p50"] / c1["latency_ms"]["p50"]
-    verdicts = [
+    return [
         Verdict(
             "throughput at c=32 vs offline limit",
             f"{c32['throughput_rps']:.1f} req/s = {c32['throughput_rps'] / limit:.3f} x "
@@ -162,60 +191,78 @@ def main(argv: list[str] | None = None) -> None:
             ratio <= 2.0,
         ),
         Verdict(
-            f"RSS after {every * 10} vs after {every} requests",
+            f"RSS after {m.rss_every * 10} vs after {m.rss_every} requests",
             f"{rss_last:.1f} / {rss_first:.1f} MiB = {rss_last / rss_first:.3f}",
             "within 10 %",
             abs(rss_last / rss_first - 1) <= 0.10,
         ),
     ]
+
+
+def cpu_split(m: Measured) -> dict[str, float]:
+    """Where the gap to the offline limit goes: CPU per image in-process vs per request served."""
+    c32 = m.runs["c32-small"]
+    return {
+        "offline_cpu_ms_per_image": _best_batch(m)["cpu_ms_per_image"],
+        "server_cpu_ms_per_request_c32": c32["server_cpu_ms_per_request"],
+        "client_cpu_cores_c32": c32["client_cpu_cores"],
+        "client_cpu_cores_c32_httpx": m.runs["c32-small-httpx"]["client_cpu_cores"],
+    }
+
+
+def _best_batch(m: Measured) -> dict:
+    return max(m.offline["batches"], key=lambda b: b["images_per_s"])
+
+
+def render(m: Measured, verdicts: list[Verdict], cpu: dict[str, float]) -> list[str]:
+    """The Markdown of targets.md: the verdicts, the CPU split and the open-loop latencies."""
     table = [
         "| target | measured | bound | verdict |",
         "|---|---|---|---|",
         *(v.row() for v in verdicts),
-    ]
-    # Where the gap to the offline limit goes: CPU per image in-process vs per request served.
-    best = max(offline["batches"], key=lambda b: b["images_per_s"])
-    cpu = {
-        "offline_cpu_ms_per_image": best["cpu_ms_per_image"],
-        "server_cpu_ms_per_request_c32": c32["server_cpu_ms_per_request"],
-        "client_cpu_cores_c32": c32["client_cpu_cores"],
-        "client_cpu_cores_c32_httpx": runs["c32-small-httpx"]["client_cpu_cores"],
-    }
-    table.append("")
-    table.append(
+        "",
         f"CPU per image: {cpu['offline_cpu_ms_per_image']:.2f} ms offline (batch "
-        f"{best['batch_size']}), {cpu['server_cpu_ms_per_request_c32']:.2f} ms per "
+        f"{_best_batch(m)['batch_size']}), {cpu['server_cpu_ms_per_request_c32']:.2f} ms per "
         f"request served at c=32; load client "
         f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
         f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
-        f"{runs['c32-small-httpx']['throughput_rps']:.1f} req/s)."
-    )
-    table += [
+        f"{m.runs['c32-small-httpx']['throughput_rps']:.1f} req/s).",
         "",
         "| open loop (Poisson) | req/s offered | served | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
     ]
     for share in OPEN_LOOP_SHARES:
-        r = runs[f"open-{share:.0%}"]
+        r = m.runs[f"open-{share:.0%}"]
         table.append(
             f"| {share:.0%} of c=32 throughput | {r['rate']:g} | "
             f"{r['throughput_rps']:.1f} | {r['latency_ms']['p50']:.1f} | "
             f"{r['latency_ms']['p99']:.1f} |"
         )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = settings_dict([*args.settings, *args.server_settings])
+    measured = measure(args, settings)
+    verdicts = judge(measured)
+    cpu = cpu_split(measured)
+    table = render(measured, verdicts, cpu)
     summary = {
         "model": str(args.model),
         "settings": settings,
-        "load_before": load_before,
-        "load_after": load_after,
-        "offline": offline,
-        "offline_large": offline_large,
-        "runs": runs,
+        "load_before": measured.load_before,
+        "load_after": measured.load_after,
+        "offline": measured.offline,
+        "offline_large": measured.offline_large,
+        "runs": measured.runs,
         "cpu": cpu,
         "verdicts": [v.__dict__ for v in verdicts],
     }
-    (out / "targets.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "targets.md").write_text("\n".join(table) + "\n")
-    print(f"load average before {load_before}, after {load_after}")
+    (args.out / "targets.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "targets.md").write_text("\n".join(table) + "\n")
+    print(f"load average before {measured.load_before}, after {measured.load_after}")
     print("\n".join(table))
 
 

@@ -17,9 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Server, running_server, write_tiny_model
-
-SERVER_LIMITS = {"SEGSERVE_MAX_BODY_BYTES": "2000000", "SEGSERVE_MAX_PIXELS": "4000000"}
+from tests.support import SERVER_LIMITS, Server, running_server, write_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 ``quadrants`` draws an image whose four quadrants have distinct, saturated colours, so a test can
 check both the colours and their placement (orientation) even through lossy JPEG compression.
+``scene`` draws a red and a green blob whose mask ``tests.support.expected_mask`` predicts exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from PIL import Image
 
 RED, GREEN, BLUE, WHITE = (220, 20, 20), (20, 200, 20), (20, 20, 220), (240, 240, 240)
 QUADRANT_COLOURS = (RED, GREEN, BLUE, WHITE)  # top-left, top-right, bottom-left, bottom-right
+_SCENE_RED, _SCENE_GREEN = (230, 10, 10), (10, 220, 10)
 
 
 def quadrants(width: int = 64, height: int = 48) -> Image.Image:
@@ -29,6 +31,33 @@ def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
+    """``encode``, PNG unless told: the body most HTTP tests send."""
+    return encode(image, fmt, **params)
+
+
+def scene(seed: int, width: int = 80, height: int = 60) -> Image.Image:
+    """A red blob in the left part and a green one in the right part, on black or white.
+
+    Red and green never touch (a gap of a quarter of the width), so resizing cannot blend them
+    into a colour where the tiny model's two classes tie: the expected mask is exact.
+    """
+    rng = np.random.default_rng(seed)
+    pixels = np.full((height, width, 3), 255 if seed % 2 else 0, dtype=np.uint8)
+    third = width // 3
+
+    def blob(x0: int, x1: int, colour: tuple[int, int, int]) -> None:
+        left = int(rng.integers(x0, x0 + (x1 - x0) // 2))
+        right = int(rng.integers(left + 4, x1 + 1))
+        top = int(rng.integers(0, height // 2))
+        bottom = int(rng.integers(top + 4, height + 1))
+        pixels[top:bottom, left:right] = colour
+
+    blob(0, third, _SCENE_RED)
+    blob(width - third, width, _SCENE_GREEN)
+    return Image.fromarray(pixels)
 
 
 def with_orientation(image: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:

@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny ONNX model whose answer is known, and a real server process.
+"""Shared test helpers: a tiny ONNX model whose answer is known, and a real server process to
+ask it (its masks, its metrics, its queue).
 
 The tiny model is a 1x1 convolution over the un-normalised RGB input (mean 0, std 1, so x = p/255):
     background = 0.5,  red = 2R - G - B,  green = 2G - R - B
@@ -9,13 +10,14 @@ Tests can therefore predict the exact mask of any synthetic image they draw.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +25,25 @@ import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
+from service import imaging
 from service.model_card import InputSpec, ModelCard, OutputSpec, TrainingCard
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_LABELS = ["background", "red", "green"]
 _WEIGHTS = np.array([[0, 0, 0], [2, -1, -1], [-1, 2, -1]], dtype=np.float32).reshape(3, 3, 1, 1)
 _BIAS = np.array([0.5, 0, 0], dtype=np.float32)
+
+# Small input limits for the shared server (conftest), so the 413 tests stay cheap.
+SERVER_LIMITS = {"SEGSERVE_MAX_BODY_BYTES": "2000000", "SEGSERVE_MAX_PIXELS": "4000000"}
+# A long batch window holds requests in the queue: "in flight" for as long as the test needs.
+HOLDING = {
+    "SEGSERVE_MAX_BATCH_SIZE": "64",
+    "SEGSERVE_MAX_BATCH_DELAY_MS": "1500",
+    "SEGSERVE_BATCH_EAGER": "false",
+}
 
 
 def tiny_card(name: str = "tiny", size: int = 32, output: str = "logits") -> ModelCard:
@@ -85,6 +99,24 @@ def expected_labels(rgb: np.ndarray) -> np.ndarray:
     x = rgb.astype(np.float32) / 255.0
     scores = np.einsum("hwc,kc->hwk", x, _WEIGHTS[:, :, 0, 0]) + _BIAS
     return scores.argmax(axis=-1).astype(np.uint8)
+
+
+def expected_mask(image: Image.Image, side: int) -> np.ndarray:
+    """What the service must answer: the tiny model's labels for the input ``imaging.prepare``
+    makes (its resize is imaging's to choose and test), resized back by nearest neighbour:
+    output pixel i takes input pixel floor((i + 0.5) n / N)."""
+    x = imaging.prepare(image.convert("RGB"), tiny_card(size=side).input)  # p / 255, CHW
+    labels = expected_labels(np.rint(x * 255).astype(np.uint8).transpose(1, 2, 0))
+    width, height = image.size
+    rows = (2 * np.arange(height) + 1) * side // (2 * height)
+    cols = (2 * np.arange(width) + 1) * side // (2 * width)
+    return labels[np.ix_(rows, cols)]
+
+
+def png_labels(response: httpx.Response) -> np.ndarray:
+    image = Image.open(io.BytesIO(response.content))
+    assert image.mode == "P"
+    return np.asarray(image)
 
 
 def free_port() -> int:
@@ -164,3 +196,29 @@ def running_server(env: dict[str, str], log_path: Path, **kwargs) -> Iterator[Se
         yield server
     finally:
         server.stop()
+
+
+def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    text = client.get("/metrics").text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def queue_depth(server: Server) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "segserve_queue_depth"
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

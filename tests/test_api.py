@@ -14,60 +14,24 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 
-from service import imaging
-from tests.conftest import SERVER_LIMITS
-from tests.support import Server, expected_labels, running_server, tiny_card
+from tests.images import encoded, scene
+from tests.support import (
+    SERVER_LIMITS,
+    Server,
+    expected_mask,
+    metric_samples,
+    png_labels,
+    running_server,
+)
 
 PNG, JSON, PROBLEM = "image/png", "application/json", "application/problem+json"
 SIZES = {("tiny", 1): 32, ("tiny", 2): 24, ("tiny-b", 1): 16}  # model input side, see conftest
 DEFAULT_SIDE = SIZES["tiny", 2]  # the default model's latest version answers by default
-RED, GREEN = (230, 10, 10), (10, 220, 10)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def scene(seed: int, width: int = 80, height: int = 60) -> Image.Image:
-    """A red blob in the left part and a green one in the right part, on black or white.
-
-    Red and green never touch (a gap of a quarter of the width), so resizing cannot blend them
-    into a colour where the tiny model's two classes tie: the expected mask is exact.
-    """
-    rng = np.random.default_rng(seed)
-    pixels = np.full((height, width, 3), 255 if seed % 2 else 0, dtype=np.uint8)
-    third = width // 3
-
-    def blob(x0: int, x1: int, colour: tuple[int, int, int]) -> None:
-        left = int(rng.integers(x0, x0 + (x1 - x0) // 2))
-        right = int(rng.integers(left + 4, x1 + 1))
-        top = int(rng.integers(0, height // 2))
-        bottom = int(rng.integers(top + 4, height + 1))
-        pixels[top:bottom, left:right] = colour
-
-    blob(0, third, RED)
-    blob(width - third, width, GREEN)
-    return Image.fromarray(pixels)
-
-
-def encoded(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
-def expected_mask(image: Image.Image, side: int) -> np.ndarray:
-    """What the service must answer: the tiny model's labels for the input ``imaging.prepare``
-    makes (its resize is imaging's to choose and test), resized back by nearest neighbour:
-    output pixel i takes input pixel floor((i + 0.5) n / N)."""
-    x = imaging.prepare(image.convert("RGB"), tiny_card(size=side).input)  # p / 255, CHW
-    labels = expected_labels(np.rint(x * 255).astype(np.uint8).transpose(1, 2, 0))
-    width, height = image.size
-    rows = (2 * np.arange(height) + 1) * side // (2 * height)
-    cols = (2 * np.arange(width) + 1) * side // (2 * width)
-    return labels[np.ix_(rows, cols)]
-
-
 def segment(
     client: httpx.Client,
     data: bytes,
@@ -78,21 +42,6 @@ def segment(
 ) -> httpx.Response:
     headers = {"Content-Type": content_type, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
     return client.post("/segment", content=data, headers=headers, params=params, **kwargs)
-
-
-def png_labels(response: httpx.Response) -> np.ndarray:
-    image = Image.open(io.BytesIO(response.content))
-    assert image.mode == "P"
-    return np.asarray(image)
-
-
-def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
-    text = client.get("/metrics").text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict:

@@ -5,41 +5,24 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Server, start_server, tiny_card, tiny_model, write_tiny_model
-from tests.test_api import encoded, expected_mask, png_labels, scene
-
-# A long batch window holds requests in the queue: "in flight" for as long as the test needs.
-HOLDING = {
-    "SEGSERVE_MAX_BATCH_SIZE": "64",
-    "SEGSERVE_MAX_BATCH_DELAY_MS": "1500",
-    "SEGSERVE_BATCH_EAGER": "false",
-}
-
-
-def queue_depth(server: Server) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "segserve_queue_depth"
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+from tests.images import encoded, scene
+from tests.support import (
+    HOLDING,
+    expected_mask,
+    png_labels,
+    queue_depth,
+    start_server,
+    tiny_card,
+    tiny_model,
+    wait_for,
+    write_tiny_model,
+)
 
 
 @pytest.mark.parametrize("drain_delay_s", ["0", "1.0"])

@@ -13,9 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Server, start_server, write_tiny_model
-from tests.test_api import encoded, expected_mask, metric_samples, png_labels, scene
-from tests.test_lifecycle import HOLDING, queue_depth, wait_for
+from tests.images import encoded, scene
+from tests.support import (
+    HOLDING,
+    Server,
+    expected_mask,
+    metric_samples,
+    png_labels,
+    queue_depth,
+    start_server,
+    wait_for,
+    write_tiny_model,
+)
 
 PROCESSES = {"SEGSERVE_PROCESSES": "2", "SEGSERVE_WORKER_THREADS": "1"}
 
