@@ -59,6 +59,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _listening_pids(port: int) -> set[int]:
+    """The processes holding a socket that listens on ``port`` (from /proc, as ``ss -ltp``)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                pids.add(int(fd_dir.parent.name))
+        except OSError:  # a process that ended, or not ours to read
+            continue
+    return pids
+
+
 def _requests_total(server: Server) -> float:
     with server.client() as client:
         samples = metric_samples(client)
@@ -79,6 +97,8 @@ def test_processes_share_the_port_and_report_metrics_together(tmp_path: Path) ->
     try:
         children = _children(server.process.pid)
         assert len(children) == 2, server.log()
+        # Ready means every process listens, so new connections can reach each of them.
+        assert _listening_pids(int(server.base_url.rsplit(":", 1)[1])) == children
         images = [scene(100 + i) for i in range(40)]
 
         def one(image):  # a connection per request, so the kernel spreads them over both
