@@ -15,6 +15,7 @@ from fastapi.responses import PlainTextResponse
 
 from service import metrics, pipeline
 from service.access import access_record
+from service.control import ModelControl
 from service.core import Service
 from service.errors import ModelNotFound, NotReady, ServiceError
 from service.openapi import SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES, problem_doc
@@ -27,6 +28,7 @@ from service.schemas import (
     ModelList,
     Normalization,
     Status,
+    UnavailableVersion,
     VersionInfo,
 )
 
@@ -65,21 +67,22 @@ async def segment(
     fmt = fmt or negotiate(request.headers.get("accept"))
     record.format = fmt.value
     try:
-        served = service.model(model, version)
-        # Labelled only once resolved: a client's made-up names never become metric labels.
-        record.model, record.version = served.ref.name, str(served.ref.version)
-        content_type = media_type(request.headers)
-        served.batcher.check_capacity()  # a full queue refuses before the upload is read
-        body = await read_body(request, service.settings.max_body_bytes)
-        data = await image_part(request.headers, body) if content_type == MULTIPART else body
-        result = await pipeline.segment(
-            service,
-            served,
-            data,
-            SegmentOptions(fmt, alpha),
-            deadline=record.arrived + service.settings.request_timeout_s,
-            client_gone=partial(disconnected, request),
-        )
+        # Leased: a version swapped out meanwhile (model control) still answers this request.
+        with service.lease(model, version) as served:
+            # Labelled only once resolved: a client's made-up names never become metric labels.
+            record.model, record.version = served.ref.name, str(served.ref.version)
+            content_type = media_type(request.headers)
+            served.batcher.check_capacity()  # a full queue refuses before the upload is read
+            body = await read_body(request, service.settings.max_body_bytes)
+            data = await image_part(request.headers, body) if content_type == MULTIPART else body
+            result = await pipeline.segment(
+                service,
+                served,
+                data,
+                SegmentOptions(fmt, alpha),
+                deadline=record.arrived + service.settings.request_timeout_s,
+                client_gone=partial(disconnected, request),
+            )
     except ServiceError as exc:
         record.error_code = exc.code
         raise
@@ -108,7 +111,7 @@ async def list_models(request: Request) -> ModelList:
     service.require_loaded()
     return ModelList(
         default=service.repository.default,
-        models=[_describe(service, name) for name in service.repository.versions],
+        models=[_describe(request, name) for name in service.repository.versions],
     )
 
 
@@ -127,10 +130,12 @@ async def get_model(
             f"no model named '{name}' (available: {', '.join(service.repository.versions)})"
         )
     service.require_loaded()
-    return _describe(service, name)
+    return _describe(request, name)
 
 
-def _describe(service: Service, name: str) -> ModelInfo:
+def _describe(request: Request, name: str) -> ModelInfo:
+    service: Service = request.app.state.service
+    control: ModelControl = request.app.state.control
     settings = service.settings
     versions = []
     for ref in service.repository.versions[name].values():
@@ -154,6 +159,10 @@ def _describe(service: Service, name: str) -> ModelInfo:
         default=name == service.repository.default,
         latest_version=service.repository.latest(name).version,
         versions=versions,
+        unavailable_versions=[
+            UnavailableVersion(version=state.version, reason=state.reason)
+            for state in control.unavailable(name)
+        ],
         batching=Batching(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,

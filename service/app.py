@@ -16,9 +16,11 @@ from fastapi import FastAPI
 
 from service.access import AccessLog
 from service.api import router
+from service.control import ModelControl
 from service.core import Service, lone_process
 from service.problems import install_error_handlers
 from service.repository import ModelRepository
+from service.repository_api import router as repository_router
 from service.security import install_security
 from service.settings import Settings
 
@@ -32,6 +34,7 @@ def create_app(
     """The app serving ``repository``. ``all_listening``: whether every sibling server process
     listens yet (``service.processes``); readiness waits for it."""
     service = Service(settings, repository, all_listening=all_listening)
+    control = ModelControl(service)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,10 +43,13 @@ def create_app(
             # Processes share the port: uvicorn listens once this returns, so no request meets
             # a process that is still loading (service/processes.py).
             await asyncio.shield(loading)
+        polling = asyncio.create_task(_after(loading, control, settings), name="model-control")
         try:
             yield
         finally:
+            polling.cancel()
             await loading  # sessions being created finish before we close them
+            await control.close()
             await service.close()
 
     app = FastAPI(
@@ -53,8 +59,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.control = control
     app.include_router(router)
+    app.include_router(repository_router)
     install_error_handlers(app)
     app.add_middleware(AccessLog)
     install_security(app, settings)  # outermost: the request id exists before anything logs
     return app
+
+
+async def _after(loading: asyncio.Task[None], control: ModelControl, settings: Settings) -> None:
+    """With ``SEGSERVE_MODEL_CONTROL=poll``, rescan the repository once the models are loaded."""
+    await asyncio.shield(loading)
+    if control.service.loaded and settings.model_control == "poll":
+        await control.poll(settings.model_poll_interval_s)

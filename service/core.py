@@ -6,7 +6,10 @@ Life of a ``Service``:
    (``service.server`` then stops with a non-zero exit code: never a half-ready server).
 2. ``ready`` is what ``/readyz`` reports: loaded, not draining, and every sibling process of the
    same server listening (``all_listening``; see ``service.processes``).
-3. ``begin_drain`` (SIGTERM) turns ``ready`` false at once; requests are still served until the
+3. With model control (``service.control``) versions come and go while serving: ``swap`` routes
+   new requests to the new set at once, and ``retire`` releases a version once the requests that
+   hold it (``lease``) have finished.
+4. ``begin_drain`` (SIGTERM) turns ``ready`` false at once; requests are still served until the
    edge stops accepting them. ``close`` finishes queued work and releases sessions and threads.
 
 Nothing here knows HTTP: requests go through ``service.pipeline``.
@@ -15,10 +18,12 @@ Nothing here knows HTTP: requests go through ``service.pipeline``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import numpy as np
@@ -37,15 +42,19 @@ log = logging.getLogger("segserve.core")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+FileStamp = tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class ServedModel:
     ref: ModelVersion
     card: ModelCard
     pool: SessionPool
     batcher: Batcher
     queue_wait: Histogram  # this version's child of metrics.QUEUE_WAIT, looked up once
+    stamp: FileStamp  # the file as loaded: a changed file is a new load
+    leases: int = 0  # requests holding this version (``Service.lease``); retirement waits for 0
+    unleased: asyncio.Event = field(default_factory=asyncio.Event)  # set while leases == 0
 
 
 def lone_process() -> bool:
@@ -94,6 +103,40 @@ class Service:
         self.require_loaded()
         return self.models[ref.key]
 
+    @contextlib.contextmanager
+    def lease(self, name: str | None, version: int | None) -> Iterator[ServedModel]:
+        """``model(name, version)``, kept serving until the block ends even if it is retired."""
+        served = self.model(name, version)
+        served.leases += 1
+        served.unleased.clear()
+        try:
+            yield served
+        finally:
+            served.leases -= 1
+            if not served.leases:
+                served.unleased.set()
+
+    def swap(self, models: dict[str, ServedModel]) -> None:
+        """Serve exactly ``models`` from now on (one assignment each: no request sees a mix)."""
+        versions: dict[str, dict[int, ModelVersion]] = {}
+        for served in models.values():
+            versions.setdefault(served.ref.name, {})[served.ref.version] = served.ref
+        default = self.repository.default
+        if default not in versions and self.settings.default_model is None and versions:
+            default = min(versions)  # the first model by name, as at start-up
+        self.repository = ModelRepository(versions, default)
+        self.models = models
+
+    async def retire(self, served: ServedModel) -> None:
+        """Release ``served`` (already out of ``models``) once no request holds it."""
+        if served.leases:
+            with contextlib.suppress(TimeoutError):  # as a shutdown would, after its timeout
+                await asyncio.wait_for(served.unleased.wait(), self.settings.shutdown_timeout_s)
+        await served.batcher.stop()  # queued items still finish
+        served.pool.close()
+        metrics.MODEL_INFO.remove(served.ref.name, str(served.ref.version), served.pool.provider)
+        log.info("unloaded %s", served.ref.key)
+
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run decode/resize/encode work on the worker threads, off the event loop."""
         return await self.workers.run(fn, *args, **kwargs)
@@ -105,7 +148,7 @@ class Service:
     async def load(self) -> None:
         try:
             for ref in self.repository.all():
-                self.models[ref.key] = await self._serve(ref)
+                self.models[ref.key] = await self.serve_version(ref)
         except ModelLoadError as exc:
             self.failure = exc
             log.error("cannot serve the model repository: %s", exc)
@@ -117,8 +160,11 @@ class Service:
         self.loaded = True
         log.info("ready", extra={"models": sorted(self.models), "default": self.repository.default})
 
-    async def _serve(self, ref: ModelVersion) -> ServedModel:
+    async def serve_version(self, ref: ModelVersion) -> ServedModel:
+        """Load, check and warm up ``ref`` and start its batcher (not yet routed to: see
+        ``swap``). Raises ModelLoadError when it cannot be served."""
         started = time.perf_counter()
+        stamp = file_stamp(ref.path)  # before reading: a write during the load shows next time
         card, pool = await asyncio.to_thread(load_model, ref, self.settings)
         spec = card.input
         await asyncio.to_thread(pool.warm_up, np.zeros((1, 3, spec.height, spec.width), spec.dtype))
@@ -146,7 +192,7 @@ class Service:
             },
         )
         queue_wait = metrics.QUEUE_WAIT.labels(ref.name, str(ref.version))
-        return ServedModel(ref, card, pool, batcher, queue_wait)
+        return ServedModel(ref, card, pool, batcher, queue_wait, stamp)
 
     async def close(self) -> None:
         """Finish queued work, then release sessions and threads."""
@@ -154,6 +200,12 @@ class Service:
         for served in self.models.values():
             served.pool.close()
         self.workers.shutdown()
+
+
+def file_stamp(path: Path) -> FileStamp:
+    """What tells a changed model file apart: its modification time and size."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _instrumented(pool: SessionPool, ref: ModelVersion) -> RunBatch:

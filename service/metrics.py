@@ -54,6 +54,11 @@ INFERENCE_TIME = _per_version(
     _STAGE_BUCKETS,
 )
 BATCH_SIZE = _per_version("segserve_batch_size", "Images per inference batch", _BATCH_BUCKETS)
+MODEL_LOADS = Counter(
+    "segserve_model_loads",
+    "Model versions loaded while serving (model control), by outcome: loaded or failed",
+    ["model", "version", "outcome"],
+)
 QUEUE_DEPTH = Gauge(
     "segserve_queue_depth",
     "Images waiting in the batcher queue",

@@ -1,11 +1,15 @@
 """The model repository: ``<root>/<name>/<version>/model.onnx``, its default model and versions.
 
-Discovery only looks at the folder layout; the model card is read from the file's
+Discovery only looks at the folder layout and each model's optional ``config.json``, whose
+``version_policy`` says which versions are served, in Triton's shape (its ``config.pbtxt`` as
+JSON): ``{"version_policy": {"all": {}}}`` (the default), ``{"latest": {"num_versions": 2}}`` or
+``{"specific": {"versions": [1, 3]}}``. The model card is read from the file's
 ``metadata_props`` when the session is created (``read_card``), so a file is opened once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from service.model_card import ModelCard
 log = logging.getLogger("segserve.repository")
 
 MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.json"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -57,6 +62,9 @@ class ModelRepository:
                 else:
                     v = ModelVersion(model_dir.name, int(version_dir.name), path)
                     found.setdefault(model_dir.name, {})[v.version] = v
+            if model_dir.name in found:
+                found[model_dir.name] = _served_versions(model_dir, found[model_dir.name])
+        found = {name: versions for name, versions in found.items() if versions}
         if not found:
             raise ModelLoadError(
                 f"no models in {root.resolve()}: expected <name>/<version>/{MODEL_FILE}"
@@ -90,6 +98,32 @@ class ModelRepository:
                 f"(available: {', '.join(map(str, versions))})"
             )
         return versions[version]
+
+
+def _served_versions(model_dir: Path, versions: dict[int, ModelVersion]) -> dict[int, ModelVersion]:
+    """The versions that ``model_dir``'s version policy serves; ModelLoadError when the policy
+    cannot be read."""
+    config = model_dir / CONFIG_FILE
+    if not config.is_file():
+        return versions
+    try:
+        policy = json.loads(config.read_text()).get("version_policy", {"all": {}})
+        (kind, value), *rest = policy.items()
+        if rest or not isinstance(value, dict):
+            raise ValueError("give exactly one of all, latest, specific")
+        if kind == "all":
+            return versions
+        if kind == "latest":
+            count = value["num_versions"]
+            if not isinstance(count, int) or count < 1:
+                raise ValueError("latest.num_versions must be a positive integer")
+            return dict(sorted(versions.items())[-count:])
+        if kind == "specific":
+            return {v: versions[v] for v in value["versions"] if v in versions}
+        raise ValueError(f"unknown version policy '{kind}' (all, latest, specific)")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # json.JSONDecodeError is a ValueError; the rest are a policy of the wrong shape.
+        raise ModelLoadError(f"{config}: invalid version_policy: {exc!r}") from exc
 
 
 def read_card(metadata: Mapping[str, str], model: ModelVersion) -> ModelCard:

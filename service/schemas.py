@@ -76,11 +76,20 @@ class Batching(BaseModel):
     request_timeout_ms: float
 
 
+class UnavailableVersion(BaseModel):
+    version: int
+    reason: str = Field(description="why this version in the repository is not served")
+
+
 class ModelInfo(BaseModel):
     name: str
     default: bool
     latest_version: int
     versions: list[VersionInfo]
+    unavailable_versions: list[UnavailableVersion] = Field(
+        description="versions in the repository that failed to load (model control); the "
+        "versions listed above keep serving"
+    )
     batching: Batching
 
 

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     # Model repository: <model_repository>/<name>/<version>/model.onnx
     model_repository: Path = Path("models")
     default_model: str | None = None
+    # none: the folder as at start-up; poll: rescanned every model_poll_interval_s; explicit:
+    # the repository API loads and unloads (service/control.py).
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    model_poll_interval_s: float = Field(5.0, gt=0)
 
     # ONNX Runtime
     provider: Provider = "auto"

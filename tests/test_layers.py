@@ -14,10 +14,22 @@ from tests.support import ROOT
 
 SERVICE = ROOT / "service"
 # What knows HTTP, and what composes it with the core: nothing below imports these.
-EDGE = {"access", "api", "app", "openapi", "problems", "protocol", "schemas", "security", "server"}
+EDGE = {
+    "access",
+    "api",
+    "app",
+    "openapi",
+    "problems",
+    "protocol",
+    "repository_api",
+    "schemas",
+    "security",
+    "server",
+}
 CORE = {
     "batching",
     "context",
+    "control",
     "core",
     "errors",
     "imaging",
