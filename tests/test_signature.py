@@ -56,6 +56,6 @@ def test_a_signature_error_is_a_model_load_error_and_a_value_error() -> None:
 
 def test_check_tensors_compares_dtype_with_the_card() -> None:
     half = Tensor("x", "float16", X.shape)
-    with pytest.raises(SignatureError, match=r"^m.onnx: input type float16 but the card says"):
+    with pytest.raises(SignatureError, match=r"^m\.onnx: input type float16 but the card says"):
         check_tensors([half], [LOGITS], tiny_card(size=8), Path("m.onnx"))
     check_tensors([X], [LOGITS], tiny_card(size=8), Path("m.onnx"))
