@@ -94,21 +94,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         help="square training crops (default: the input size); smaller is cheaper",
     )
     _optimisation_options(p, config)
-    p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
-    p.add_argument(
-        "--device", default=config.device, help="auto (CUDA if present), cpu, cuda, cuda:1"
-    )
-    p.add_argument(
-        "--workers", type=int, default=config.workers, help="data loader worker processes"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=config.threads,
-        help="PyTorch CPU threads (default: one per core); 1 copes best with a busy, "
-        "shared machine",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    _run_options(p, config)
 
 
 def _optimisation_options(p: argparse.ArgumentParser, config: TrainConfig) -> None:
@@ -130,6 +116,24 @@ def _optimisation_options(p: argparse.ArgumentParser, config: TrainConfig) -> No
         help="no random scale/crop/flip",
     )
     p.add_argument("--seed", type=int, default=config.seed, help="training seed (%(default)s)")
+
+
+def _run_options(p: argparse.ArgumentParser, config: TrainConfig) -> None:
+    p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
+    p.add_argument(
+        "--device", default=config.device, help="auto (CUDA if present), cpu, cuda, cuda:1"
+    )
+    p.add_argument(
+        "--workers", type=int, default=config.workers, help="data loader worker processes"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=config.threads,
+        help="PyTorch CPU threads (default: one per core); 1 copes best with a busy, "
+        "shared machine",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
