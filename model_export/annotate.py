@@ -72,7 +72,7 @@ def _run_once(path: Path, card: ModelCard) -> None:
             f"the model failed to run on a (1, 3, {spec.height}, {spec.width}) {spec.dtype} input "
             f"(the card's input size): {exc}"
         ) from exc
-    expected = (1, card.num_classes, spec.height, spec.width)
+    expected: tuple[int, ...] = (1, card.num_classes, spec.height, spec.width)
     if card.output.kind == "labels":
         expected = (1, spec.height, spec.width)
     if y.shape != expected:
