@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from model_export.architectures import ARCHITECTURES
 from model_export.checkpoint import TrainConfig
@@ -55,85 +56,60 @@ def _data_options(p: argparse.ArgumentParser, defaults: TrainConfig | None) -> N
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    """Every option that is a TrainConfig field takes its default from there."""
-    config = TrainConfig()
-    p.add_argument("--name", default=config.name, help="model name (%(default)s)")
-    p.add_argument(
+    _field(p, "--name", help="model name (%(default)s)")
+    _field(
+        p,
         "--architecture",
         choices=ARCHITECTURES,
-        default=config.architecture,
         metavar="NAME",
         help=f"one of {', '.join(ARCHITECTURES)} (%(default)s)",
     )
-    p.add_argument(
-        "--width",
-        type=int,
-        default=config.width,
-        help="channel width (default: the architecture's)",
-    )
-    _data_options(p, config)
-    p.add_argument(
-        "--train-length",
-        type=int,
-        default=config.train_length,
-        help="shapes: scenes in the train split (2000)",
-    )
-    p.add_argument(
-        "--val-length",
-        type=int,
-        default=config.val_length,
-        help="shapes: scenes in the val split (200)",
-    )
-    p.add_argument(
-        "--input-size", type=int, default=config.input_size, help="square input side (%(default)s)"
-    )
-    p.add_argument(
+    _field(p, "--width", type=int, help="channel width (default: the architecture's)")
+    _data_options(p, TrainConfig())
+    _field(p, "--train-length", type=int, help="shapes: scenes in the train split (2000)")
+    _field(p, "--val-length", type=int, help="shapes: scenes in the val split (200)")
+    _field(p, "--input-size", type=int, help="square input side (%(default)s)")
+    _field(
+        p,
         "--crop-size",
         type=int,
-        default=config.crop_size,
         help="square training crops (default: the input size); smaller is cheaper",
     )
-    _optimisation_options(p, config)
-    _run_options(p, config)
-
-
-def _optimisation_options(p: argparse.ArgumentParser, config: TrainConfig) -> None:
-    p.add_argument("--epochs", type=int, default=config.epochs, help="(%(default)s)")
-    p.add_argument("--batch-size", type=int, default=config.batch_size, help="(%(default)s)")
-    p.add_argument(
+    _field(p, "--epochs", type=int, help="(%(default)s)")
+    _field(p, "--batch-size", type=int, help="(%(default)s)")
+    _field(
+        p,
         "--optimizer",
         choices=("adamw", "sgd"),
-        default=config.optimizer,
         help="both with a poly learning-rate decay (%(default)s)",
     )
-    p.add_argument("--lr", type=float, default=config.lr, help="peak learning rate (%(default)s)")
-    p.add_argument("--weight-decay", type=float, default=config.weight_decay, help="(%(default)s)")
+    _field(p, "--lr", type=float, help="peak learning rate (%(default)s)")
+    _field(p, "--weight-decay", type=float, help="(%(default)s)")
     p.add_argument(
         "--no-augment",
         dest="augment",
         action="store_false",
-        default=config.augment,
+        default=TrainConfig.augment,
         help="no random scale/crop/flip",
     )
-    p.add_argument("--seed", type=int, default=config.seed, help="training seed (%(default)s)")
-
-
-def _run_options(p: argparse.ArgumentParser, config: TrainConfig) -> None:
+    _field(p, "--seed", type=int, help="training seed (%(default)s)")
     p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
-    p.add_argument(
-        "--device", default=config.device, help="auto (CUDA if present), cpu, cuda, cuda:1"
-    )
-    p.add_argument(
-        "--workers", type=int, default=config.workers, help="data loader worker processes"
-    )
-    p.add_argument(
+    _field(p, "--device", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    _field(p, "--workers", type=int, help="data loader worker processes")
+    _field(
+        p,
         "--threads",
         type=int,
-        default=config.threads,
         help="PyTorch CPU threads (default: one per core); 1 copes best with a busy, "
         "shared machine",
     )
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+
+
+def _field(p: argparse.ArgumentParser, flag: str, **options: Any) -> None:
+    """The option for the TrainConfig field of the same name, with that field's default:
+    a training default is written once, in TrainConfig."""
+    p.add_argument(flag, default=getattr(TrainConfig, flag[2:].replace("-", "_")), **options)
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
@@ -203,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("model_export").setLevel(logging.INFO)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
-    from model_export import commands  # torch loads only once the arguments are valid
+    from model_export import commands  # ONNX and its Runtime load once the arguments are valid
 
     try:
         return getattr(commands, args.command)(args)
