@@ -6,16 +6,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from model_export.architectures import ARCHITECTURES
+from model_export.checkpoint import TrainConfig
 from model_export.datasets import DATASETS
-
-
-def _add_data_args(p: argparse.ArgumentParser, defaults: bool) -> None:
-    d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument("--dataset", choices=DATASETS, default=d("shapes"), help="dataset (%(default)s)")
-    p.add_argument("--data-root", type=Path, help="dataset folder (voc, folder)")
-    p.add_argument("--data-seed", type=int, default=d(0), help="shapes: scene stream (%(default)s)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,69 +19,110 @@ def _parser() -> argparse.ArgumentParser:
         description="Train, evaluate and export segmentation models as self-describing ONNX.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "train",
-        help="train a model; checkpoints go to --run-dir",
-        description="Train with cross-entropy (255 ignored), a poly LR decay, "
-        "val mIoU after each epoch, best.pt (by mIoU) and last.pt checkpoints.",
+    _train_options(
+        sub.add_parser(
+            "train",
+            help="train a model; checkpoints go to --run-dir",
+            description="Train with cross-entropy (255 ignored), a poly LR decay, "
+            "val mIoU after each epoch, best.pt (by mIoU) and last.pt checkpoints.",
+        )
     )
-    p.add_argument("--name", default="shapes-fcn", help="model name (%(default)s)")
+    _evaluate_options(
+        sub.add_parser(
+            "evaluate",
+            help="mIoU, per-class IoU and pixel accuracy of a checkpoint "
+            "or an ONNX file, preprocessed exactly as the service does",
+        )
+    )
+    _export_options(
+        sub.add_parser("export", help="export a checkpoint to ONNX with a parity check and card")
+    )
+    _annotate_options(
+        sub.add_parser("annotate", help="add or replace the card of an ONNX model made elsewhere")
+    )
+    _inspect_options(sub.add_parser("inspect", help="print a model's I/O signature and card"))
+    return parser
+
+
+def _data_options(p: argparse.ArgumentParser, defaults: TrainConfig | None) -> None:
+    """The dataset options; ``evaluate`` passes no ``defaults``, so that what is not given
+    comes from the model's own training data."""
+    dataset, data_seed = (defaults.dataset, defaults.data_seed) if defaults else (None, None)
+    p.add_argument("--dataset", choices=DATASETS, default=dataset, help="dataset (%(default)s)")
+    p.add_argument("--data-root", type=Path, help="dataset folder (voc, folder)")
     p.add_argument(
+        "--data-seed", type=int, default=data_seed, help="shapes: scene stream (%(default)s)"
+    )
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    _field(p, "--name", help="model name (%(default)s)")
+    _field(
+        p,
         "--architecture",
         choices=ARCHITECTURES,
-        default="mobile-fcn",
         metavar="NAME",
         help=f"one of {', '.join(ARCHITECTURES)} (%(default)s)",
     )
-    p.add_argument("--width", type=int, help="channel width (default: the architecture's)")
-    _add_data_args(p, defaults=True)
-    p.add_argument("--train-length", type=int, help="shapes: scenes in the train split (2000)")
-    p.add_argument("--val-length", type=int, help="shapes: scenes in the val split (200)")
-    p.add_argument("--input-size", type=int, default=128, help="square input side (%(default)s)")
-    p.add_argument(
+    _field(p, "--width", type=int, help="channel width (default: the architecture's)")
+    _data_options(p, TrainConfig())
+    _field(p, "--train-length", type=int, help="shapes: scenes in the train split (2000)")
+    _field(p, "--val-length", type=int, help="shapes: scenes in the val split (200)")
+    _field(p, "--input-size", type=int, help="square input side (%(default)s)")
+    _field(
+        p,
         "--crop-size",
         type=int,
         help="square training crops (default: the input size); smaller is cheaper",
     )
-    p.add_argument("--epochs", type=int, default=20, help="(%(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="(%(default)s)")
-    p.add_argument(
+    _field(p, "--epochs", type=int, help="(%(default)s)")
+    _field(p, "--batch-size", type=int, help="(%(default)s)")
+    _field(
+        p,
         "--optimizer",
         choices=("adamw", "sgd"),
-        default="adamw",
         help="both with a poly learning-rate decay (%(default)s)",
     )
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (%(default)s)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="(%(default)s)")
-    p.add_argument("--no-augment", action="store_true", help="no random scale/crop/flip")
-    p.add_argument("--seed", type=int, default=0, help="training seed (%(default)s)")
-    p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    _field(p, "--lr", type=float, help="peak learning rate (%(default)s)")
+    _field(p, "--weight-decay", type=float, help="(%(default)s)")
     p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=TrainConfig.augment,
+        help="no random scale/crop/flip",
+    )
+    _field(p, "--seed", type=int, help="training seed (%(default)s)")
+    p.add_argument("--run-dir", type=Path, help="checkpoint folder (default runs/NAME)")
+    _field(p, "--device", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    _field(p, "--workers", type=int, help="data loader worker processes")
+    _field(
+        p,
         "--threads",
         type=int,
-        default=0,
         help="PyTorch CPU threads (default: one per core); 1 copes best with a busy, "
         "shared machine",
     )
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
 
-    p = sub.add_parser(
-        "evaluate",
-        help="mIoU, per-class IoU and pixel accuracy of a checkpoint "
-        "or an ONNX file, preprocessed exactly as the service does",
-    )
+
+def _field(p: argparse.ArgumentParser, flag: str, **options: Any) -> None:
+    """The option for the TrainConfig field of the same name, with that field's default:
+    a training default is written once, in TrainConfig."""
+    p.add_argument(flag, default=getattr(TrainConfig, flag[2:].replace("-", "_")), **options)
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", type=Path, help="a .pt checkpoint from `train`")
     which.add_argument("--onnx", type=Path, help="an ONNX model with a card")
-    _add_data_args(p, defaults=False)
+    _data_options(p, defaults=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--length", type=int, help="shapes: scenes to evaluate (500 for test)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX with a parity check and card")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a .pt checkpoint from `train` (best.pt)")
     p.add_argument("--out", type=Path, help="default models/NAME/1/model.onnx")
     p.add_argument("--name", help="model name in the card (default: the checkpoint's)")
@@ -111,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
         "Runtime on the exported file",
     )
 
-    p = sub.add_parser("annotate", help="add or replace the card of an ONNX model made elsewhere")
+
+def _annotate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path)
     p.add_argument("--out", type=Path, help="write here instead of in place")
     p.add_argument("--card", type=Path, help="a card as JSON; the options below are then ignored")
@@ -124,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="unknown")
     p.add_argument("--description", default="")
 
-    p = sub.add_parser("inspect", help="print a model's I/O signature and card")
+
+def _inspect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path)
     p.add_argument(
         "--latency",
@@ -134,7 +172,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for --latency")
     p.add_argument("--batch", type=int, default=1, help="batch size for --latency")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("model_export").setLevel(logging.INFO)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
-    from model_export import commands  # torch loads only once the arguments are valid
+    from model_export import commands  # ONNX and its Runtime load once the arguments are valid
 
     try:
         return getattr(commands, args.command)(args)

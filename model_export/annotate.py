@@ -1,14 +1,14 @@
 """Give an ONNX model made elsewhere a model card, after checking it can be served.
 
-A servable graph has one 4-D float input (N, 3, H, W) and one output: float logits (N, C, H, W)
-or uint8 labels (N, H, W). The model is run once in ONNX Runtime at the card's input size, and
-its output must have the card's number of classes, before the card is written.
+The graph must be servable by the rules the service loads models with (``service.signature``:
+one 4-D float input (N, 3, H, W) and one output, float logits (N, C, H, W) or uint8 labels
+(N, H, W)). The model is run once in ONNX Runtime at the card's input size, and its output must
+have the card's number of classes, before the card is written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -16,69 +16,33 @@ import onnxruntime as ort
 
 from model_export.card import write_card
 from service.model_card import ModelCard
-
-OutputKind = Literal["logits", "labels"]
-
-_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
-
-
-class SignatureError(ValueError):
-    """The graph's inputs/outputs are not what the service can feed and read."""
-
-
-def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_param or d.dim_value or "?" for d in value.type.tensor_type.shape.dim]
+from service.signature import OutputKind, SignatureError, Tensor, servable
 
 
 def signature(model: onnx.ModelProto) -> str:
     """Human-readable I/O signature, e.g. ``input: float32[N, 3, 192, 192]``."""
-    lines = []
-    for kind, values in (("input", _graph_inputs(model)), ("output", model.graph.output)):
-        for v in values:
-            elem = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-            lines.append(f"{kind} {v.name}: {elem}[{', '.join(map(str, _dims(v)))}]")
+    inputs, outputs = _tensors(model)
+    lines = [t.describe("input") for t in inputs] + [t.describe("output") for t in outputs]
     return "\n".join(lines)
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    # Older exporters list initializers as graph inputs too; those are weights, not inputs.
-    weights = {init.name for init in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in weights]
 
 
 def check_signature(model: onnx.ModelProto) -> tuple[str, OutputKind]:
     """(input dtype, output kind) of a servable graph; ``SignatureError`` explains what is not."""
-    inputs, outputs = _graph_inputs(model), list(model.graph.output)
-    if len(inputs) != 1:
-        raise SignatureError(
-            f"expected exactly one input (an image batch), found {len(inputs)}: "
-            f"{[v.name for v in inputs]}"
-        )
-    (x,) = inputs
-    x_type, x_dims = x.type.tensor_type.elem_type, _dims(x)
-    if x_type not in _FLOATS or len(x_dims) != 4:
-        raise SignatureError(
-            f"input '{x.name}' must be a 4-D float32/float16 tensor (N, 3, H, W); "
-            f"found {signature(model).splitlines()[0]}"
-        )
-    if isinstance(x_dims[1], int) and x_dims[1] != 3:
-        raise SignatureError(
-            f"input '{x.name}' must have 3 (RGB) channels in axis 1, NCHW; found {x_dims[1]}"
-        )
-    if len(outputs) != 1:
-        raise SignatureError(
-            f"expected exactly one output, found {len(outputs)}: {[v.name for v in outputs]}"
-        )
-    (y,) = outputs
-    y_type, y_rank = y.type.tensor_type.elem_type, len(_dims(y))
-    if y_type in _FLOATS and y_rank == 4:
-        return _FLOATS[x_type], "logits"
-    if y_type == onnx.TensorProto.UINT8 and y_rank == 3:
-        return _FLOATS[x_type], "labels"
-    raise SignatureError(
-        f"output '{y.name}' must be float logits (N, C, H, W) or uint8 labels (N, H, W); "
-        f"found {signature(model).splitlines()[-1]}"
-    )
+    return servable(*_tensors(model))
+
+
+def _tensors(model: onnx.ModelProto) -> tuple[list[Tensor], list[Tensor]]:
+    # Older exporters list initializers as graph inputs too; those are weights, not inputs.
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [_tensor(v) for v in model.graph.input if v.name not in weights]
+    return inputs, [_tensor(v) for v in model.graph.output]
+
+
+def _tensor(value: onnx.ValueInfoProto) -> Tensor:
+    tensor_type = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    shape = tuple(d.dim_param or d.dim_value or "?" for d in tensor_type.shape.dim)
+    return Tensor(value.name, dtype, shape)
 
 
 def annotate(path: Path, card: ModelCard, out: Path | None = None) -> ModelCard:
@@ -108,7 +72,7 @@ def _run_once(path: Path, card: ModelCard) -> None:
             f"the model failed to run on a (1, 3, {spec.height}, {spec.width}) {spec.dtype} input "
             f"(the card's input size): {exc}"
         ) from exc
-    expected = (1, card.num_classes, spec.height, spec.width)
+    expected: tuple[int, ...] = (1, card.num_classes, spec.height, spec.width)
     if card.output.kind == "labels":
         expected = (1, spec.height, spec.width)
     if y.shape != expected:

@@ -87,13 +87,17 @@ def with_scores(card: ModelCard, scores: Scores, split: str, images: int) -> Mod
 
 
 def read_card(path: Path) -> ModelCard:
+    """The card in the ONNX file ``path``; InvalidCard (a ValueError) when it has none."""
     model = onnx.load(str(path), load_external_data=False)
-    return ModelCard.from_metadata({p.key: p.value for p in model.metadata_props})
+    return ModelCard.from_metadata(_metadata(model), path)
 
 
 def write_card(path: Path, card: ModelCard, out: Path | None = None) -> None:
     """Replace the card in ``path`` (keeping any other metadata), saving to ``out`` or in place."""
     model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props} | card.to_metadata()
-    helper.set_model_props(model, props)
+    helper.set_model_props(model, _metadata(model) | card.to_metadata())
     onnx.save(model, str(out or path))
+
+
+def _metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}

@@ -20,32 +20,20 @@ from service.model_card import InputSpec, ModelCard, TrainingCard
 
 
 def train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        name=args.name,
-        architecture=args.architecture,
-        width=args.width,
-        dataset=args.dataset,
-        data_root=str(args.data_root) if args.data_root else None,
-        data_seed=args.data_seed,
-        train_length=args.train_length,
-        val_length=args.val_length,
-        input_size=args.input_size,
-        crop_size=args.crop_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        augment=not args.no_augment,
-        seed=args.seed,
-        run_dir=str(args.run_dir or Path("runs") / args.name),
-        device=args.device,
-        workers=args.workers,
-        threads=args.threads,
-    )
+    config = train_config(args)
     best = train_model(config, resume=args.resume)
     print(f"best val mIoU {best.best_miou:.4f} at epoch {best.epoch}: {config.run_dir}/best.pt")
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The config the ``train`` options describe: each option is the field of the same name,
+    except the two paths, which a checkpoint keeps as text."""
+    paths = {
+        "data_root": str(args.data_root) if args.data_root else None,
+        "run_dir": str(args.run_dir or Path("runs") / args.name),
+    }
+    return TrainConfig.from_dict(vars(args) | paths)
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,23 +62,59 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Checkpoint:
     """Train per ``config``; returns the best checkpoint (also saved as ``run_dir/best.pt``)."""
     run_dir = Path(config.run_dir)
+    device = _prepare(config)
+    train_set, val_set = _splits(config)
+    classes = list(train_set.classes)
+    samples, loader = _loader(config, train_set, device)
+    trainer = _Trainer(config, classes, len(loader), device)
+    state = Checkpoint(config, classes, trainer.model.state_dict())
+    if resume and (run_dir / "last.pt").is_file():
+        state = trainer.restore(Checkpoint.load(run_dir / "last.pt"))
+    for epoch in range(state.epoch, config.epochs):
+        started = time.perf_counter()
+        samples.epoch = epoch
+        loader.generator.manual_seed(config.seed + epoch)  # type: ignore[union-attr]
+        loss = trainer.run_epoch(epoch, loader, progress)
+        scores = evaluate(torch_predictor(trainer.model, device), val_set, config.input_spec())
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "val_miou": scores.miou,
+            "seconds": time.perf_counter() - started,
+        }
+        tqdm.write(
+            f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  "
+            f"val mIoU {scores.miou:.4f}  ({record['seconds']:.0f}s)",
+            file=None,
+        )
+        state = trainer.checkpoint(state, record)
+        _save(state, run_dir, best=scores.miou >= state.best_miou)
+    return Checkpoint.load(run_dir / "best.pt")
+
+
+def _prepare(config: TrainConfig) -> torch.device:
+    """Seeds the random generators, sets PyTorch's threads; returns the device to train on."""
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
-    use_amp = device.type == "cuda"
+    return pick_device(config.device)
 
-    train_set = load_split(config, "train")
-    val_set = load_split(config, "val")
+
+def _splits(config: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+    train_set, val_set = load_split(config, "train"), load_split(config, "val")
     if config.dataset == "shapes":
-        train_set, val_set = InMemory(train_set), InMemory(val_set)
-    classes = list(train_set.classes)
-    spec = config.input_spec()
+        return InMemory(train_set), InMemory(val_set)
+    return train_set, val_set
+
+
+def _loader(
+    config: TrainConfig, train_set: SegmentationDataset, device: torch.device
+) -> tuple[TrainingSamples, DataLoader[tuple[torch.Tensor, torch.Tensor]]]:
     # Fully convolutional: training on crops smaller than the input costs less per step and
     # keeps the objects' scale.
     crop = config.crop_size or config.input_size
     augment = Augment(crop=crop) if config.augment else None
-    samples = TrainingSamples(train_set, spec, augment, config.seed)
+    samples = TrainingSamples(train_set, config.input_spec(), augment, config.seed)
     loader = DataLoader(
         samples,
         batch_size=config.batch_size,
@@ -87,65 +124,76 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
     )
+    return samples, loader
 
-    model = build_model(config.architecture, len(classes), config.width).to(device)
-    optimizer = _optimizer(config, model)
-    total_steps = config.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(1 - step / total_steps, 0) ** POLY_POWER
-    )
-    scaler = torch.amp.GradScaler(enabled=use_amp)
-    state = Checkpoint(config, classes, model.state_dict())
-    if resume and (run_dir / "last.pt").is_file():
-        state = Checkpoint.load(run_dir / "last.pt")
-        model.load_state_dict(state.state_dict)
-        optimizer.load_state_dict(state.optimizer or {})
-        scheduler.load_state_dict(state.scheduler or {})
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
-    for epoch in range(state.epoch, config.epochs):
-        started = time.perf_counter()
-        samples.epoch = epoch
-        loader.generator.manual_seed(config.seed + epoch)  # type: ignore[union-attr]
-        model.train()
+class _Trainer:
+    """The model and what updates it: the optimizer, the poly learning-rate schedule, the loss
+    and, on CUDA, mixed precision."""
+
+    def __init__(
+        self, config: TrainConfig, classes: list[str], steps_per_epoch: int, device: torch.device
+    ) -> None:
+        self.config = config
+        self.classes = classes
+        self.device = device
+        self.use_amp = device.type == "cuda"
+        self.model = build_model(config.architecture, len(classes), config.width).to(device)
+        self.optimizer = _optimizer(config, self.model)
+        total_steps = config.epochs * steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: max(1 - step / total_steps, 0) ** POLY_POWER
+        )
+        self.scaler = torch.amp.GradScaler(enabled=self.use_amp)
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    def restore(self, state: Checkpoint) -> Checkpoint:
+        """Continue from ``state``: its weights, optimizer and schedule; returns it."""
+        self.model.load_state_dict(state.state_dict)
+        self.optimizer.load_state_dict(state.optimizer or {})
+        self.scheduler.load_state_dict(state.scheduler or {})
+        return state
+
+    def run_epoch(
+        self, epoch: int, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]], progress: bool
+    ) -> float:
+        """One pass over ``loader``; returns the mean loss."""
+        self.model.train()
         running = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=not progress)
         for step, (x, y) in enumerate(bar, 1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            running += loss.item()
+            running += self._step(x, y)
             bar.set_postfix(loss=f"{running / step:.4f}")
-        scores = evaluate(torch_predictor(model, device), val_set, spec)
-        record = {
-            "epoch": epoch + 1,
-            "loss": running / max(len(loader), 1),
-            "val_miou": scores.miou,
-            "seconds": time.perf_counter() - started,
-        }
-        tqdm.write(
-            f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  "
-            f"val mIoU {scores.miou:.4f}  ({record['seconds']:.0f}s)",
-            file=None,
-        )
-        state = Checkpoint(
-            config,
-            classes,
-            {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            epoch=epoch + 1,
-            best_miou=max(state.best_miou, scores.miou),
+        return running / max(len(loader), 1)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.item())
+
+    def checkpoint(self, state: Checkpoint, record: dict[str, float]) -> Checkpoint:
+        """``state`` one epoch on, under this run's config: the current weights and optimizer,
+        ``record`` added to its history."""
+        return Checkpoint(
+            self.config,
+            self.classes,
+            {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            epoch=state.epoch + 1,
+            best_miou=max(state.best_miou, record["val_miou"]),
             history=[*state.history, record],
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
         )
-        if scores.miou >= state.best_miou:
-            Checkpoint(
-                config, classes, state.state_dict, state.epoch, state.best_miou, state.history
-            ).save(run_dir / "best.pt")
-        state.save(run_dir / "last.pt")
-    return Checkpoint.load(run_dir / "best.pt")
+
+
+def _save(state: Checkpoint, run_dir: Path, *, best: bool) -> None:
+    """``last.pt``; and ``best.pt``, without the optimizer's state, when ``best``."""
+    if best:
+        replace(state, optimizer=None, scheduler=None).save(run_dir / "best.pt")
+    state.save(run_dir / "last.pt")

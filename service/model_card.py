@@ -6,14 +6,33 @@ model can be inspected with any ONNX tool (``python -m model_export inspect mode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from service.errors import ModelLoadError
 
 METADATA_KEY = "segserve.card"
 SCHEMA_VERSION = 1
 
 RGB = tuple[int, int, int]
+
+
+class InvalidCard(ModelLoadError, ValueError):
+    """A model file has no card, or one that is not valid.
+
+    Also a ValueError: to a tool that reads a file it was handed (``model_export inspect``),
+    this is bad input.
+    """
 
 
 def voc_palette(n: int = 256) -> list[RGB]:
@@ -123,18 +142,29 @@ class ModelCard(_Frozen):
         return {METADATA_KEY: self.model_dump_json()}
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> ModelCard:
-        """Parse the card from ONNX metadata_props; raises ValueError when absent or invalid."""
+    def from_metadata(cls, metadata: Mapping[str, str], where: Path | None = None) -> ModelCard:
+        """The card in ONNX ``metadata_props`` (of the file ``where``, named in errors).
+
+        Raises InvalidCard when there is none, or it is not valid JSON for this schema.
+        """
         raw = metadata.get(METADATA_KEY)
         if raw is None:
-            raise ValueError(
+            raise _invalid(
+                where,
                 f"no '{METADATA_KEY}' entry in the model's metadata_props; "
-                "add one with `python -m model_export annotate`"
+                "add one with `python -m model_export annotate`",
             )
-        return cls.model_validate_json(raw)
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _invalid(where, str(exc)) from exc
 
     @classmethod
     def with_default_colors(cls, labels: list[str], **fields: object) -> ModelCard:
         palette = voc_palette(len(labels))
         classes = [ClassInfo(id=i, label=lab, color=palette[i]) for i, lab in enumerate(labels)]
         return cls(classes=classes, **fields)  # type: ignore[arg-type]
+
+
+def _invalid(where: Path | None, reason: str) -> InvalidCard:
+    return InvalidCard(("" if where is None else f"{where}: ") + f"invalid model card: {reason}")

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from service.errors import ModelLoadError, ModelNotFound
 from service.model_card import ModelCard
 
@@ -127,8 +125,6 @@ def _served_versions(model_dir: Path, versions: dict[int, ModelVersion]) -> dict
 
 
 def read_card(metadata: Mapping[str, str], model: ModelVersion) -> ModelCard:
-    """The model card from ONNX ``metadata_props``; a clear ``ModelLoadError`` when unusable."""
-    try:
-        return ModelCard.from_metadata(dict(metadata))
-    except (ValueError, ValidationError) as exc:
-        raise ModelLoadError(f"{model.path}: invalid model card: {exc}") from exc
+    """The card of ``model`` from its ONNX ``metadata_props``; InvalidCard (a ModelLoadError)
+    naming the file when it is unusable."""
+    return ModelCard.from_metadata(metadata, model.path)

@@ -23,6 +23,7 @@ from service.errors import ModelLoadError
 from service.model_card import ModelCard
 from service.repository import ModelVersion, read_card
 from service.settings import Provider, Settings
+from service.signature import Tensor, check_tensors
 from service.threads import WorkerThreads
 
 log = logging.getLogger("segserve.runtime")
@@ -33,7 +34,7 @@ TENSORRT = "TensorrtExecutionProvider"
 DISPLAY_NAMES = {CPU: "CPU", CUDA: "CUDA", TENSORRT: "TensorRT"}
 
 ProviderSpec = str | tuple[str, dict[str, str]]
-_ORT_DTYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+_ORT_TO_NUMPY = {"float": "float32", "double": "float64"}  # the rest share a name
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,37 +125,20 @@ def open_session(
 
 def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
     """Refuse a model whose tensors do not match its card, at load rather than per request."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) < 1:
-        raise ModelLoadError(
-            f"{path}: expected one input and an output, got "
-            f"{len(inputs)} inputs and {len(outputs)} outputs"
-        )
-    shape = inputs[0].shape
-    expected = [None, 3, card.input.height, card.input.width]
-    if len(shape) != 4 or any(
-        isinstance(dim, int) and want is not None and dim != want
-        for dim, want in zip(shape, expected, strict=True)
-    ):
-        raise ModelLoadError(
-            f"{path}: input shape {shape} does not match the card's "
-            f"N x 3 x {card.input.height} x {card.input.width}"
-        )
-    if inputs[0].type != _ORT_DTYPES[card.input.dtype]:
-        raise ModelLoadError(
-            f"{path}: input type {inputs[0].type} but the card says {card.input.dtype}"
-        )
-    out_shape = outputs[0].shape
-    rank = 4 if card.output.kind == "logits" else 3
-    if len(out_shape) != rank:
-        raise ModelLoadError(
-            f"{path}: output '{outputs[0].name}' has rank "
-            f"{len(out_shape)}, a '{card.output.kind}' output has {rank}"
-        )
-    if rank == 4 and isinstance(out_shape[1], int) and out_shape[1] != card.num_classes:
-        raise ModelLoadError(
-            f"{path}: the model scores {out_shape[1]} classes, the card lists {card.num_classes}"
-        )
+    check_tensors(_tensors(session.get_inputs()), _tensors(session.get_outputs()), card, path)
+
+
+def _tensors(args: list[ort.NodeArg]) -> list[Tensor]:
+    # ONNX Runtime spells element types "tensor(float)"; a dimension it cannot name is None.
+    return [
+        Tensor(a.name, _numpy_dtype(a.type), tuple("?" if d is None else d for d in a.shape))
+        for a in args
+    ]
+
+
+def _numpy_dtype(ort_type: str) -> str:
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    return _ORT_TO_NUMPY.get(name, name)
 
 
 class Runner:

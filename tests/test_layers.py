@@ -41,6 +41,7 @@ CORE = {
     "repository",
     "runtime",
     "settings",
+    "signature",
     "threads",
 }
 FRAMEWORKS = ("fastapi", "starlette")
