@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model_export.card import read_card
+from model_export.card import card_of_file
 from model_export.datasets import ShapesDataset
 from model_export.evaluate import onnx_predictor, onnx_session
 from service.imaging import prepare
@@ -46,7 +46,7 @@ def write_examples(out: Path) -> list[Path]:
 
 
 def segment(model: Path, image: Image.Image) -> tuple[np.ndarray, ModelCard]:
-    card = read_card(model)
+    card = card_of_file(model)
     predict = onnx_predictor(onnx_session(model))
     labels = predict(prepare(image, card.input)[None])[0]
     return resize_labels(labels, image.size), card

@@ -26,7 +26,7 @@ def signature(model: onnx.ModelProto) -> str:
     return "\n".join(lines)
 
 
-def check_signature(model: onnx.ModelProto) -> tuple[str, OutputKind]:
+def graph_signature(model: onnx.ModelProto) -> tuple[str, OutputKind]:
     """(input dtype, output kind) of a servable graph; ``SignatureError`` explains what is not."""
     return servable(*_tensors(model))
 
@@ -49,7 +49,7 @@ def annotate(path: Path, card: ModelCard, out: Path | None = None) -> ModelCard:
     """Check ``path``, run it once, then write ``card`` (input dtype and output kind taken from
     the graph) into it, in place or to ``out``. Returns the card written."""
     model = onnx.load(str(path), load_external_data=False)
-    dtype, kind = check_signature(model)
+    dtype, kind = graph_signature(model)
     card = card.model_copy(
         update={
             "input": card.input.model_copy(update={"dtype": dtype}),

@@ -86,7 +86,7 @@ def with_scores(card: ModelCard, scores: Scores, split: str, images: int) -> Mod
     return card.model_copy(update={"training": card.training.model_copy(update=update)})
 
 
-def read_card(path: Path) -> ModelCard:
+def card_of_file(path: Path) -> ModelCard:
     """The card in the ONNX file ``path``; InvalidCard (a ValueError) when it has none."""
     model = onnx.load(str(path), load_external_data=False)
     return ModelCard.from_metadata(_metadata(model), path)

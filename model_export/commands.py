@@ -8,7 +8,7 @@ from pathlib import Path
 
 from model_export.annotate import annotate as annotate_model
 from model_export.annotate import signature
-from model_export.card import card_from_checkpoint, read_card, with_scores, write_card
+from model_export.card import card_from_checkpoint, card_of_file, with_scores, write_card
 from model_export.checkpoint import Checkpoint, TrainConfig, sha256
 from model_export.datasets import open_dataset
 from model_export.evaluate import evaluate as score
@@ -48,7 +48,7 @@ def evaluate(args: argparse.Namespace) -> int:
             config.dataset, config.data_root, config.data_seed, config.input_size
         )  # fmt: skip
     else:
-        card = read_card(args.onnx)
+        card = card_of_file(args.onnx)
         spec = card.input
         predict = onnx_predictor(onnx_session(args.onnx, args.threads))
         extra = (card.training.model_extra if card.training else None) or {}
@@ -104,7 +104,7 @@ def export(args: argparse.Namespace) -> int:
         seed=config.data_seed,
         size=config.input_size,
     )
-    written = read_card(out)
+    written = card_of_file(out)
     scores = score(onnx_predictor(onnx_session(out)), data, written.input, progress=True)
     write_card(out, with_scores(written, scores, split, len(data)))
     print(f"{data.name} {split} ({len(data)} images), ONNX Runtime\n{scores.table()}")
@@ -151,7 +151,7 @@ def inspect(args: argparse.Namespace) -> int:
     import onnx
 
     print(signature(onnx.load(str(args.model), load_external_data=False)))
-    card = read_card(args.model)
+    card = card_of_file(args.model)
     spec = card.input
     print(f"name: {card.name} (card schema {card.schema_version})")
     if card.description:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.card import read_card
+from model_export.card import card_of_file
 from model_export.evaluate import onnx_session
 
 
@@ -33,7 +33,7 @@ class Latency:
 
 def measure(path: Path, *, runs: int = 100, warmup: int = 10, batch: int = 1,
             threads: int = 2) -> Latency:  # fmt: skip
-    card = read_card(path)
+    card = card_of_file(path)
     session = onnx_session(path, threads)
     shape = (batch, 3, card.input.height, card.input.width)
     x = np.random.default_rng(0).standard_normal(shape).astype(card.input.dtype)

@@ -4,7 +4,8 @@ Discovery only looks at the folder layout and each model's optional ``config.jso
 ``version_policy`` says which versions are served, in Triton's shape (its ``config.pbtxt`` as
 JSON): ``{"version_policy": {"all": {}}}`` (the default), ``{"latest": {"num_versions": 2}}`` or
 ``{"specific": {"versions": [1, 3]}}``. The model card is read from the file's
-``metadata_props`` when the session is created (``read_card``), so a file is opened once.
+``metadata_props`` when the session is created (``ModelCard.from_metadata``), so a file is
+opened once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ModelLoadError, ModelNotFound
-from service.model_card import ModelCard
 
 log = logging.getLogger("segserve.repository")
 
@@ -122,9 +122,3 @@ def _served_versions(model_dir: Path, versions: dict[int, ModelVersion]) -> dict
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         # json.JSONDecodeError is a ValueError; the rest are a policy of the wrong shape.
         raise ModelLoadError(f"{config}: invalid version_policy: {exc!r}") from exc
-
-
-def read_card(metadata: Mapping[str, str], model: ModelVersion) -> ModelCard:
-    """The card of ``model`` from its ONNX ``metadata_props``; InvalidCard (a ModelLoadError)
-    naming the file when it is unusable."""
-    return ModelCard.from_metadata(metadata, model.path)

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from service.errors import ModelLoadError
 from service.model_card import ModelCard
-from service.repository import ModelVersion, read_card
+from service.repository import ModelVersion
 from service.settings import Provider, Settings
 from service.signature import Tensor, check_tensors
 from service.threads import WorkerThreads
@@ -123,7 +123,7 @@ def open_session(
     raise AssertionError("the last attempt is always required")  # pragma: no cover
 
 
-def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+def check_session(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
     """Refuse a model whose tensors do not match its card, at load rather than per request."""
     check_tensors(_tensors(session.get_inputs()), _tensors(session.get_outputs()), card, path)
 
@@ -227,8 +227,8 @@ def load_model(model: ModelVersion, settings: Settings) -> tuple[ModelCard, Sess
     match the card, or a provider that cannot be had.
     """
     first = open_session(model.path, settings)
-    card = read_card(first.get_modelmeta().custom_metadata_map, model)
+    card = ModelCard.from_metadata(first.get_modelmeta().custom_metadata_map, model.path)
     sessions = [first] + [open_session(model.path, settings) for _ in range(settings.sessions - 1)]
     for session in sessions:
-        check_signature(session, card, model.path)
+        check_session(session, card, model.path)
     return card, SessionPool([Runner(s, card) for s in sessions], model.key)

@@ -7,11 +7,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from model_export.card import read_card as read_file_card
+from model_export.card import card_of_file
 from service.errors import ModelLoadError
 from service.model_card import METADATA_KEY, InvalidCard, ModelCard
-from service.repository import ModelVersion
-from service.repository import read_card as read_served_card
 from tests.support import tiny_card, tiny_model
 
 
@@ -20,13 +18,13 @@ def test_both_doors_read_the_same_card_and_refuse_a_missing_one_alike(tmp_path: 
     model = tiny_model(tiny_card())
     onnx.save(model, path)
     metadata = {p.key: p.value for p in model.metadata_props}
-    assert read_file_card(path) == read_served_card(metadata, ModelVersion("m", 1, path))
+    assert card_of_file(path) == ModelCard.from_metadata(metadata, path)
     del model.metadata_props[:]
     onnx.save(model, path)
     with pytest.raises(InvalidCard) as from_file:
-        read_file_card(path)
+        card_of_file(path)
     with pytest.raises(InvalidCard) as served:
-        read_served_card({}, ModelVersion("m", 1, path))
+        ModelCard.from_metadata({}, path)
     assert str(from_file.value) == str(served.value)
     assert str(served.value).startswith(f"{path}: invalid model card: no '{METADATA_KEY}'")
 

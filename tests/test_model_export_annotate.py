@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from model_export.__main__ import main
 from model_export.annotate import SignatureError, annotate
-from model_export.card import read_card
+from model_export.card import card_of_file
 from service.model_card import InputSpec, ModelCard
 from tests.support import TINY_LABELS, tiny_card, tiny_model
 
@@ -40,9 +40,9 @@ def _graph(inputs, outputs, nodes) -> onnx.ModelProto:
 def test_annotate_writes_a_card_the_service_can_read(tmp_path: Path) -> None:
     path = _foreign(tmp_path)
     with pytest.raises(ValueError, match="annotate"):
-        read_card(path)  # the service's message points at this command
+        card_of_file(path)  # the service's message points at this command
     written = annotate(path, _card())
-    assert read_card(path) == written
+    assert card_of_file(path) == written
     assert written.output.kind == "logits"
     assert [c.label for c in written.classes] == TINY_LABELS
 
@@ -50,7 +50,7 @@ def test_annotate_writes_a_card_the_service_can_read(tmp_path: Path) -> None:
 def test_annotate_detects_label_outputs_and_writes_elsewhere(tmp_path: Path) -> None:
     path, out = _foreign(tmp_path, output="labels"), tmp_path / "annotated.onnx"
     annotate(path, _card(), out)
-    assert read_card(out).output.kind == "labels"
+    assert card_of_file(out).output.kind == "labels"
     assert not onnx.load(str(path)).metadata_props, "the original stays untouched"
 
 
@@ -58,7 +58,7 @@ def test_annotate_replaces_an_existing_card(tmp_path: Path) -> None:
     path = _foreign(tmp_path)
     annotate(path, _card())
     renamed = annotate(path, _card().model_copy(update={"name": "renamed"}))
-    assert read_card(path).name == renamed.name == "renamed"
+    assert card_of_file(path).name == renamed.name == "renamed"
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_cli_annotate_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "ms per batch of 1 (3 runs, 1 intra-op threads" in printed
     assert "name: colours" in printed
     assert "classes: 0 background (0, 0, 0), 1 red (128, 0, 0), 2 green (0, 128, 0)" in printed
-    card = read_card(path)
+    card = card_of_file(path)
     assert card.input.mean == (0, 0, 0)
     assert card.classes[1].label == "red"
     # A wrong signature is a clear message and exit status 2, not a traceback.

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from model_export.annotate import check_signature
+from model_export.annotate import graph_signature
 from model_export.architectures import ARCHITECTURES, build_model
-from model_export.card import read_card
+from model_export.card import card_of_file
 from model_export.export import PARITY, ParityError, Tolerance, export
 from service.model_card import InputSpec, ModelCard, TrainingCard
 
@@ -65,8 +65,8 @@ def test_export_matches_pytorch_and_carries_the_card(name: str, tmp_path: Path) 
     parity = export(model, card, path, tolerance=tolerance, parity_seed=0)
     assert parity.max_abs_logit <= tolerance.max_abs_logit
     assert parity.argmax_agreement >= 0.999
-    assert read_card(path) == card
-    assert check_signature(onnx.load(str(path))) == ("float32", "logits")
+    assert card_of_file(path) == card
+    assert graph_signature(onnx.load(str(path))) == ("float32", "logits")
     # Dynamic batch and size: a batch of 2 at a size that is not a stride multiple.
     x = np.random.default_rng(1).standard_normal((2, 3, 40, 72), dtype=np.float32)
     got = _run(path, x)
@@ -80,9 +80,9 @@ def test_export_matches_pytorch_and_carries_the_card(name: str, tmp_path: Path) 
 def test_argmax_folding_outputs_uint8_labels(tmp_path: Path) -> None:
     model, path = _model("mobile-fcn"), tmp_path / "labels.onnx"
     export(model, _card("mobile-fcn"), path, labels=True, parity_seed=0)
-    card = read_card(path)
+    card = card_of_file(path)
     assert card.output.kind == "labels"
-    assert check_signature(onnx.load(str(path))) == ("float32", "labels")
+    assert graph_signature(onnx.load(str(path))) == ("float32", "labels")
     x = np.random.default_rng(2).standard_normal((3, 3, 64, 64), dtype=np.float32)
     labels = _run(path, x)
     with torch.inference_mode():
@@ -97,7 +97,7 @@ def test_fp16_export_takes_half_inputs(tmp_path: Path) -> None:
     parity = export(
         model, _card("fcn8s-resnet"), path, fp16=True, dynamic_size=False, parity_seed=0
     )
-    card = read_card(path)
+    card = card_of_file(path)
     assert card.input.dtype == "float16"
     assert card.training.precision == "fp16"
     assert parity.max_abs_logit > 0, "half precision cannot be bit-exact"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model_export.__main__ import main
-from model_export.card import card_from_checkpoint, read_card
+from model_export.card import card_from_checkpoint, card_of_file
 from model_export.checkpoint import Checkpoint, TrainConfig
 from model_export.datasets import FolderDataset
 from model_export.evaluate import evaluate, onnx_predictor, onnx_session, torch_predictor
@@ -103,7 +103,7 @@ def test_onnx_evaluation_agrees_with_checkpoint_evaluation(
     path = tmp_path / "easy.onnx"
     export(trained.build(), card_from_checkpoint(trained), path, parity_seed=0)
     val = FolderDataset(easy_data, "val")
-    spec = read_card(path).input
+    spec = card_of_file(path).input
     from_checkpoint = evaluate(torch_predictor(trained.build()), val, spec)
     from_onnx = evaluate(onnx_predictor(onnx_session(path)), val, spec)
     assert from_checkpoint.miou >= MIN_VAL_MIOU
@@ -117,7 +117,7 @@ def test_cli_evaluates_an_exported_model(
     out = tmp_path / "cli.onnx"
     best = str(Path(config.run_dir) / "best.pt")
     assert main(["export", best, "--out", str(out), "--eval-split", "val"]) == 0
-    card = read_card(out)
+    card = card_of_file(out)
     assert card.training.val_miou >= MIN_VAL_MIOU
     assert set(card.training.per_class_iou) == {"background", "square", "disc"}
     assert len(card.training.checkpoint_sha256) == 64

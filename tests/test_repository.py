@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from service.errors import ModelLoadError, ModelNotFound
-from service.model_card import METADATA_KEY
-from service.repository import ModelRepository, ModelVersion, read_card
+from service.model_card import METADATA_KEY, ModelCard
+from service.repository import ModelRepository, ModelVersion
 from tests.support import tiny_card
 
 
@@ -79,13 +79,15 @@ def test_missing_or_empty_repository_is_a_model_load_error(tmp_path: Path) -> No
         ModelRepository.scan(tmp_path / "empty")
 
 
-def test_read_card_parses_or_explains() -> None:
-    where = ModelVersion("tiny", 1, Path("models/tiny/1/model.onnx"))
+def test_the_card_is_read_or_explained() -> None:
+    where = Path("models/tiny/1/model.onnx")
     card = tiny_card()
-    assert read_card(card.to_metadata(), where) == card
+    assert ModelCard.from_metadata(card.to_metadata(), where) == card
     with pytest.raises(ModelLoadError, match=f"models/tiny/1/model.onnx.*no '{METADATA_KEY}'"):
-        read_card({}, where)
+        ModelCard.from_metadata({}, where)
     with pytest.raises(ModelLoadError, match="invalid model card"):
-        read_card({METADATA_KEY: "{not json"}, where)
+        ModelCard.from_metadata({METADATA_KEY: "{not json"}, where)
     with pytest.raises(ModelLoadError, match="classes"):
-        read_card({METADATA_KEY: card.model_dump_json().replace('"red"', '""')}, where)
+        ModelCard.from_metadata(
+            {METADATA_KEY: card.model_dump_json().replace('"red"', '""')}, where
+        )

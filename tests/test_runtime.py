@@ -21,7 +21,7 @@ from service.runtime import (
     TENSORRT,
     Attempt,
     Runner,
-    check_signature,
+    check_session,
     class_argmax,
     load_model,
     open_session,
@@ -184,15 +184,15 @@ def test_a_model_without_a_card_is_refused(tmp_path: Path) -> None:
 def test_a_card_that_does_not_match_the_tensors_is_refused(model_path: Path) -> None:
     session = open_session(model_path, Settings(provider="cpu"))
     with pytest.raises(ModelLoadError, match="does not match the card"):
-        check_signature(session, tiny_card(size=16), model_path)
+        check_session(session, tiny_card(size=16), model_path)
     with pytest.raises(ModelLoadError, match="a 'labels' output has 3"):
-        check_signature(session, tiny_card(size=8, output="labels"), model_path)
+        check_session(session, tiny_card(size=8, output="labels"), model_path)
     four_classes = tiny_card(size=8).model_copy(
         update={"classes": [*tiny_card().classes, ClassInfo(id=3, label="blue", color=(0, 0, 128))]}
     )
     with pytest.raises(ModelLoadError, match="scores 3 classes, the card lists 4"):
-        check_signature(session, four_classes, model_path)
-    check_signature(session, tiny_card(size=8), model_path)
+        check_session(session, four_classes, model_path)
+    check_session(session, tiny_card(size=8), model_path)
     assert Runner(session, tiny_card(size=8)).provider == CPU
 
 

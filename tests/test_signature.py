@@ -40,10 +40,10 @@ def test_session_and_model_proto_describe_the_same_tensors(tmp_path: Path) -> No
 def test_both_doors_refuse_a_graph_for_the_same_reason(tmp_path: Path) -> None:
     path = _two_outputs(tmp_path / "two.onnx")
     with pytest.raises(SignatureError, match=r"exactly one output, found 2") as by_annotate:
-        annotate.check_signature(onnx.load(str(path)))
+        annotate.graph_signature(onnx.load(str(path)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(ModelLoadError) as by_service:
-        runtime.check_signature(session, tiny_card(size=8), path)
+        runtime.check_session(session, tiny_card(size=8), path)
     assert str(by_service.value) == f"{path}: {by_annotate.value}"
 
 
