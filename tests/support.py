@@ -18,13 +18,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.model_card import InputSpec, ModelCard, OutputSpec, TrainingCard
+
+if TYPE_CHECKING:
+    from tritonclient.http import InferenceServerClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_LABELS = ["background", "red", "green"]
@@ -164,3 +169,21 @@ def running_server(env: dict[str, str], log_path: Path, **kwargs) -> Iterator[Se
         yield server
     finally:
         server.stop()
+
+
+def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the server's ``/metrics``: (name, labels) -> value."""
+    text = client.get("/metrics").text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def oip_client(server: Server) -> InferenceServerClient:
+    """Triton's official HTTP client, pointed at ``server``'s Open Inference Protocol routes
+    (imported here: only the OIP tests need it and its gevent)."""
+    from tritonclient.http import InferenceServerClient
+
+    return InferenceServerClient(server.base_url.removeprefix("http://"))

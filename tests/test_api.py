@@ -14,12 +14,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 
 from service import imaging
 from tests.conftest import SERVER_LIMITS
-from tests.support import Server, expected_labels, running_server, tiny_card
+from tests.support import Server, expected_labels, metric_samples, running_server, tiny_card
 
 PNG, JSON, PROBLEM = "image/png", "application/json", "application/problem+json"
 SIZES = {("tiny", 1): 32, ("tiny", 2): 24, ("tiny-b", 1): 16}  # model input side, see conftest
@@ -84,15 +83,6 @@ def png_labels(response: httpx.Response) -> np.ndarray:
     image = Image.open(io.BytesIO(response.content))
     assert image.mode == "P"
     return np.asarray(image)
-
-
-def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
-    text = client.get("/metrics").text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict:

@@ -14,7 +14,20 @@ from tests.support import ROOT
 
 SERVICE = ROOT / "service"
 # What knows HTTP, and what composes it with the core: nothing below imports these.
-EDGE = {"access", "api", "app", "openapi", "problems", "protocol", "schemas", "security", "server"}
+EDGE = {
+    "access",
+    "api",
+    "app",
+    "oip",
+    "oip_infer",
+    "oip_wire",
+    "openapi",
+    "problems",
+    "protocol",
+    "schemas",
+    "security",
+    "server",
+}
 CORE = {
     "batching",
     "context",
