@@ -359,5 +359,16 @@ def test_metrics_count_oip_requests(triton: InferenceServerClient, client: httpx
     assert after[bad] == before.get(bad, 0) + 1
 
 
+def test_the_images_of_one_request_are_batched(
+    triton: InferenceServerClient, client: httpx.Client
+) -> None:
+    key = ("segserve_batch_size_count", frozenset({"model": "tiny", "version": "2"}.items()))
+    before = metric_samples(client)[key]
+    images = [encode(quadrants(40 + i, 30), "PNG") for i in range(8)]
+    result = triton.infer("tiny", [images_input(*images)], outputs=wanted("png"))
+    assert len(result.as_numpy("png")) == 8
+    assert metric_samples(client)[key] - before < 8  # not one batch per image
+
+
 def test_no_unhandled_error_on_the_way(server: Server) -> None:
     assert "Traceback" not in server.log()
