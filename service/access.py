@@ -1,4 +1,5 @@
-"""The access record of every request: one log line, and the ``/segment`` request metrics.
+"""The access record of every request: one log line, and the inference request metrics
+(``/segment`` and the Open Inference Protocol's ``/v2/models/.../infer``).
 
 A pure ASGI middleware (no extra task, the body untouched) that sees the final status of every
 answer, errors included. The route fills in what only it knows (model, format, error code)
@@ -19,6 +20,7 @@ from service import metrics
 log = logging.getLogger("segserve.access")
 
 SEGMENT_PATH = "/segment"
+_OIP_MODELS, _OIP_INFER = "/v2/models/", "/infer"
 # Probes and scrapes arrive every few seconds: their lines are debug, the rest info.
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Statuses that reach the client before the route runs (FastAPI's parameter validation, routing).
@@ -58,15 +60,16 @@ class AccessLog:
             await send(message)
 
         path: str = scope["path"]
-        if path == SEGMENT_PATH:
+        counted = is_inference(path)
+        if counted:
             metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
             latency = time.monotonic() - record.arrived
-            if path == SEGMENT_PATH:
+            if counted:
                 metrics.IN_FLIGHT.dec()
-                _observe_segment(record, status, latency)
+                _observe_inference(record, status, latency)
             log.log(
                 logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
                 "%s %s %d",
@@ -86,7 +89,12 @@ class AccessLog:
             )
 
 
-def _observe_segment(record: AccessRecord, status: int, latency: float) -> None:
+def is_inference(path: str) -> bool:
+    """Whether ``path`` asks for masks: ``/segment`` or an OIP ``/v2/models/{m}[...]/infer``."""
+    return path == SEGMENT_PATH or (path.startswith(_OIP_MODELS) and path.endswith(_OIP_INFER))
+
+
+def _observe_inference(record: AccessRecord, status: int, latency: float) -> None:
     metrics.REQUESTS.labels(record.model, record.format, str(status)).inc()
     if status < 400:
         metrics.REQUEST_LATENCY.labels(record.model, record.format).observe(latency)

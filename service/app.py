@@ -1,4 +1,5 @@
-"""The application factory: the core (``service.core.Service``) behind its HTTP front door.
+"""The application factory: the core (``service.core.Service``) behind its HTTP front doors,
+segserve's own API (``service.api``) and the Open Inference Protocol (``service.oip``).
 
 ``create_app`` is given the scanned repository (a missing or empty one fails before serving).
 The lifespan starts loading in the background so ``/healthz`` answers at once (with several
@@ -14,13 +15,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import api, oip, repository_api
 from service.access import AccessLog
-from service.api import router
 from service.control import ModelControl
 from service.core import Service, lone_process
 from service.problems import install_error_handlers
 from service.repository import ModelRepository
-from service.repository_api import router as repository_router
 from service.security import install_security
 from service.settings import Settings
 
@@ -60,8 +60,9 @@ def create_app(
     )
     app.state.service = service
     app.state.control = control
-    app.include_router(router)
-    app.include_router(repository_router)
+    app.include_router(api.router)
+    app.include_router(oip.router)
+    app.include_router(repository_api.router)
     install_error_handlers(app)
     app.add_middleware(AccessLog)
     install_security(app, settings)  # outermost: the request id exists before anything logs

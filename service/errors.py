@@ -23,6 +23,12 @@ class InvalidImage(ServiceError):
     status, code, title = 400, "invalid_image", "Invalid image"
 
 
+class InvalidRequest(ServiceError):
+    """An Open Inference Protocol request that breaks the protocol or the model's metadata."""
+
+    status, code, title = 400, "invalid_request", "Invalid request"
+
+
 class Unauthorized(ServiceError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 

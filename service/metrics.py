@@ -39,7 +39,7 @@ REQUESTS = Counter(
 )
 REQUEST_LATENCY = Histogram(
     "segserve_request_duration_seconds",
-    "Time from request arrival to response, /segment",
+    "Time from request arrival to response, /segment and OIP infer",
     ["model", "format"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -66,11 +66,13 @@ QUEUE_DEPTH = Gauge(
     multiprocess_mode="livesum",
 )
 IN_FLIGHT = Gauge(
-    "segserve_in_flight_requests", "/segment requests being processed", multiprocess_mode="livesum"
+    "segserve_in_flight_requests",
+    "/segment and OIP infer requests being processed",
+    multiprocess_mode="livesum",
 )
 REJECTIONS = Counter(
     "segserve_rejections",
-    "/segment requests refused, by model and reason (problem code)",
+    "/segment and OIP infer requests refused, by model and reason (problem code)",
     ["model", "reason"],
 )
 MODEL_INFO = Gauge(

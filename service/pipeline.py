@@ -1,9 +1,14 @@
 """The one request pipeline: image bytes + a served model + options in, the model-sized labels
 and the encoded mask out, with the time each stage took. Every front door and ``bench.offline``
-call ``segment``; nothing here knows HTTP.
+call ``segment``, or its stages; nothing here knows HTTP.
 
     result = await segment(service, served, data, SegmentOptions(OutputFormat.rle), deadline=t)
     result.content, result.media_type, result.labels, result.times.queue_s
+
+    # The stages on their own, for doors that return several encodings of one image (OIP):
+    labelled = await label_image(service, served, data, OutputFormat.png, deadline=t)
+    labels = await label_input(service, served, x, deadline=t)  # x: a prepared (3, H, W) input
+    encode_mask(labels, (width, height), served, OutputFormat.rle)  # png or rle bytes
 
 Stages: ``prepare_input`` (decode + EXIF orientation + resize/normalise, on a worker thread) ->
 the model's batcher (queue, then inference with other requests' images) -> ``encode_output``
@@ -62,6 +67,15 @@ class StageTimes:
 
 
 @dataclass(frozen=True, slots=True)
+class Labelled:
+    labels: np.ndarray  # uint8 (h, w) at the model's output size
+    decoded: imaging.DecodedImage
+    decode_s: float  # decode + prepare
+    queue_s: float
+    infer_s: float  # the whole batch's run
+
+
+@dataclass(frozen=True, slots=True)
 class Segmented:
     labels: np.ndarray  # uint8 (h, w) at the model's output size
     content: bytes
@@ -82,19 +96,61 @@ async def segment(
     a batch; ``client_gone`` completes when the caller no longer wants the answer, which then
     withdraws the image from the queue and raises ClientClosed. Raises the ``ServiceError`` of
     the failing stage (InvalidImage, PayloadTooLarge, Overloaded, DeadlineExceeded, ...)."""
+    labelled = await label_image(
+        service, served, data, options.fmt, deadline=deadline, client_gone=client_gone
+    )
+    t0 = time.perf_counter()
+    content = await service.run_cpu(
+        encode_output, labelled.labels, labelled.decoded, served, options
+    )
+    times = StageTimes(
+        labelled.decode_s, labelled.queue_s, labelled.infer_s, time.perf_counter() - t0
+    )
+    return Segmented(labelled.labels, content, MEDIA_TYPES[options.fmt], times)
+
+
+async def label_image(
+    service: Service,
+    served: ServedModel,
+    data: bytes,
+    fmt: OutputFormat,
+    *,
+    deadline: float,
+    client_gone: Callable[[], Awaitable[None]] | None = None,
+) -> Labelled:
+    """``segment`` without the encoding: the model-sized labels of ``data`` decoded for ``fmt``,
+    and the decoded image. Raises as ``segment`` does."""
     t0 = time.perf_counter()
     with served.batcher.announce():  # the batcher may wait for this image, not for nothing
         prepared = await service.run_cpu(
-            prepare_input, data, served.card, options.fmt, service.settings.max_pixels
+            prepare_input, data, served.card, fmt, service.settings.max_pixels
         )
         t1 = time.perf_counter()
         queued = served.batcher.enqueue(prepared.x, deadline=deadline)
     done = await _unless_gone(queued, client_gone)
     served.queue_wait.observe(done.queued_s)
-    t2 = time.perf_counter()
-    content = await service.run_cpu(encode_output, done.value, prepared.decoded, served, options)
-    times = StageTimes(t1 - t0, done.queued_s, done.run_s, time.perf_counter() - t2)
-    return Segmented(done.value, content, MEDIA_TYPES[options.fmt], times)
+    return Labelled(done.value, prepared.decoded, t1 - t0, done.queued_s, done.run_s)
+
+
+async def label_input(
+    service: Service,
+    served: ServedModel,
+    x: np.ndarray,
+    *,
+    deadline: float,
+    client_gone: Callable[[], Awaitable[None]] | None = None,
+) -> np.ndarray:
+    """The model-sized uint8 labels of ``x``, an input the client prepared itself: (3, H, W) at
+    the model's input size, in any float dtype (cast to the model's). The batcher runs it with
+    other requests' images. Raises ValueError for another shape; else as ``segment`` does."""
+    spec = served.card.input
+    if x.shape != (3, spec.height, spec.width):
+        raise ValueError(f"expected (3, {spec.height}, {spec.width}), got {x.shape}")
+    queued = served.batcher.enqueue(np.ascontiguousarray(x, spec.dtype), deadline=deadline)
+    done = await _unless_gone(queued, client_gone)
+    served.queue_wait.observe(done.queued_s)
+    labels: np.ndarray = done.value
+    return labels
 
 
 def prepare_input(data: bytes, card: ModelCard, fmt: OutputFormat, max_pixels: int) -> Prepared:
@@ -119,11 +175,26 @@ def encode_output(
     options: SegmentOptions,
 ) -> bytes:
     """``labels`` encoded as ``options.fmt`` at the image's size."""
-    card, size = served.card, decoded.size
-    # png and rle scale the model-sized labels to the image's size as they encode.
-    if options.fmt is OutputFormat.png:
+    size = decoded.size
+    if options.fmt is not OutputFormat.overlay:
+        return encode_mask(labels, size, served, options.fmt)
+    image = decoded.image
+    if image.size != size:  # decoders may hand back a reduced scale; blend at full size
+        image = image.resize(size)
+    return masks.encode_overlay(
+        image, masks.resize_labels(labels, size), served.card.palette(), options.alpha
+    )
+
+
+def encode_mask(
+    labels: np.ndarray, size: tuple[int, int], served: ServedModel, fmt: OutputFormat
+) -> bytes:
+    """The model-sized ``labels`` as a png or rle answer of ``size`` (width, height): scaled to
+    it as they are encoded. Raises ValueError for overlay, which needs the image."""
+    card = served.card
+    if fmt is OutputFormat.png:
         return masks.encode_png(labels, card.palette(), size=size)
-    if options.fmt is OutputFormat.rle:
+    if fmt is OutputFormat.rle:
         width, height = size
         return orjson.dumps(
             {
@@ -134,12 +205,7 @@ def encode_output(
                 "masks": masks.encode_rle(labels, card.classes, size=size),
             }
         )
-    image = decoded.image
-    if image.size != size:  # decoders may hand back a reduced scale; blend at full size
-        image = image.resize(size)
-    return masks.encode_overlay(
-        image, masks.resize_labels(labels, size), card.palette(), options.alpha
-    )
+    raise ValueError(f"{fmt} is not a mask encoding")
 
 
 async def _unless_gone(

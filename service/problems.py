@@ -1,5 +1,10 @@
-"""The one place that turns errors into problem+json answers (RFC 9457): every ``ServiceError``
-by the status and ``code`` it carries, plus what FastAPI and Starlette raise themselves."""
+"""The one place that turns errors into answers: every ``ServiceError`` by the status and
+``code`` it carries, plus what FastAPI and Starlette raise themselves.
+
+segserve's own routes answer problem+json (RFC 9457). The Open Inference Protocol routes
+(``/v2``...) answer the protocol's error object, ``{"error": "<message>"}`` (KServe's
+inference_rest.md), with the same status except that a bad request is 400 there, never 422.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ log = logging.getLogger("segserve.errors")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
+OIP_PREFIX = "/v2"
 _HTTP_CODES = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
 
 
@@ -36,32 +42,53 @@ def problem_from(error: ServiceError) -> JSONResponse:
     return problem(error.status, error.code, error.title, error.detail, error.headers)
 
 
+def is_oip(path: str) -> bool:
+    """Whether ``path`` is one of the Open Inference Protocol's (``/v2`` and below)."""
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def oip_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The protocol's ``$inference_error_response``; 422 (segserve's bad parameter) is 400."""
+    return JSONResponse(
+        {"error": detail}, status_code=400 if status == 422 else status, headers=headers
+    )
+
+
+def error_answer(path: str, error: ServiceError) -> JSONResponse:
+    """``error`` as the request to ``path`` expects it: OIP error object or problem+json."""
+    if is_oip(path):
+        return oip_error(error.status, error.detail, error.headers)
+    return problem_from(error)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception that can reach the app to problem+json; never leak a stack trace."""
+    """Map every exception that can reach the app to an answer; never leak a stack trace."""
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return problem_from(exc)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_answer(request.scope["path"], exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
             for err in exc.errors()
         )
-        return problem_from(InvalidParameter(details or "invalid request parameters"))
+        error = InvalidParameter(details or "invalid request parameters")
+        return error_answer(request.scope["path"], error)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if is_oip(request.scope["path"]):
+            return oip_error(exc.status_code, str(exc.detail), headers)
         code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-        return problem(exc.status_code, code, title, str(exc.detail), dict(exc.headers or {}))
+        return problem(exc.status_code, code, title, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(
-            500,
-            "internal_error",
-            "Internal server error",
-            "The server failed to process the request.",
-        )
+        detail = "The server failed to process the request."
+        if is_oip(request.scope["path"]):
+            return oip_error(500, detail)
+        return problem(500, "internal_error", "Internal server error", detail)

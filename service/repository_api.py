@@ -5,8 +5,8 @@ versions and their states, and, with ``SEGSERVE_MODEL_CONTROL=explicit``, load a
     POST /v2/repository/models/{name}/load   -> 200 {} once served (or 400 {"error": ...})
     POST /v2/repository/models/{name}/unload -> 200 {} once no longer routed to
 
-Errors answer ``{"error": "..."}`` as the protocol does. These routes are behind the API key
-when keys are set (they are not public paths).
+Refusals are raised as ``InvalidRequest`` (400), which ``service.problems`` answers with the
+protocol's ``{"error": "..."}``. These routes are behind the API key when keys are set.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse
 
 from service.control import ModelControl
-from service.errors import ModelLoadError
+from service.errors import InvalidRequest, ModelLoadError
 
-router = APIRouter(prefix="/v2/repository", tags=["model control"])
+router = APIRouter(prefix="/v2/repository", include_in_schema=False)  # OIP: its own spec
 
 
 def _control(request: Request) -> ModelControl:
@@ -27,17 +26,14 @@ def _control(request: Request) -> ModelControl:
     return control
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _explicit_only(request: Request) -> JSONResponse | None:
-    mode = _control(request).service.settings.model_control
-    if mode == "explicit":
-        return None
-    return _error(
-        400, f"load and unload need SEGSERVE_MODEL_CONTROL=explicit (this server: {mode})"
-    )
+def _explicit_control(request: Request) -> ModelControl:
+    control = _control(request)
+    mode = control.service.settings.model_control
+    if mode != "explicit":
+        raise InvalidRequest(
+            f"load and unload need SEGSERVE_MODEL_CONTROL=explicit (this server: {mode})"
+        )
+    return control
 
 
 @router.post("/index", summary="Every model version on disk or served, with its state")
@@ -50,27 +46,23 @@ async def index(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/models/{name}/load", summary="Load (or reload) every version of a model")
-async def load(request: Request, name: Annotated[str, Path()]) -> JSONResponse:
-    if (refused := _explicit_only(request)) is not None:
-        return refused
-    control = _control(request)
+async def load(request: Request, name: Annotated[str, Path()]) -> dict[str, Any]:
+    control = _explicit_control(request)
     try:
         await control.sync(name)
     except ModelLoadError as exc:
-        return _error(400, str(exc))
+        raise InvalidRequest(str(exc)) from exc
     if failures := control.failures(name):
-        return _error(400, f"failed to load '{name}': {'; '.join(failures)}")
+        raise InvalidRequest(f"failed to load '{name}': {'; '.join(failures)}")
     if name not in control.service.repository.versions:
-        return _error(400, f"failed to load '{name}': no model of that name in the repository")
-    return JSONResponse({})
+        raise InvalidRequest(f"failed to load '{name}': no model of that name in the repository")
+    return {}
 
 
 @router.post("/models/{name}/unload", summary="Stop serving every version of a model")
-async def unload(request: Request, name: Annotated[str, Path()]) -> JSONResponse:
-    if (refused := _explicit_only(request)) is not None:
-        return refused
-    control = _control(request)
+async def unload(request: Request, name: Annotated[str, Path()]) -> dict[str, Any]:
+    control = _explicit_control(request)
     if name not in control.service.repository.versions:
-        return _error(400, f"failed to unload '{name}': it is not being served")
+        raise InvalidRequest(f"failed to unload '{name}': it is not being served")
     await control.unload(name)
-    return JSONResponse({})
+    return {}

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.context import request_id_var
 from service.errors import Overloaded, Unauthorized
-from service.problems import problem_from
+from service.problems import error_answer
 from service.settings import Settings
 
 log = logging.getLogger("segserve.security")
@@ -112,7 +112,7 @@ class ApiKeyMiddleware:
                 "The API key is not valid.",
                 headers={"WWW-Authenticate": 'Bearer realm="segserve", error="invalid_token"'},
             )
-        await problem_from(error)(scope, receive, send)
+        await error_answer(scope["path"], error)(scope, receive, send)
 
     def _is_valid(self, token: bytes) -> bool:
         digest = _digest(token)
@@ -148,7 +148,7 @@ class BodyBudgetMiddleware:
             error = Overloaded(
                 f"the server is holding too many uploads ({self.reserved_bytes} bytes); retry later"
             )
-            await problem_from(error)(scope, receive, send)
+            await error_answer(scope["path"], error)(scope, receive, send)
             return
         self.reserved_bytes += size
         try:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -30,6 +31,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import imaging
 from service.model_card import InputSpec, ModelCard, OutputSpec, TrainingCard
+
+if TYPE_CHECKING:
+    from tritonclient.http import InferenceServerClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_LABELS = ["background", "red", "green"]
@@ -199,6 +203,7 @@ def running_server(env: dict[str, str], log_path: Path, **kwargs) -> Iterator[Se
 
 
 def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the server's ``/metrics``: (name, labels) -> value."""
     text = client.get("/metrics").text
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -222,3 +227,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+def oip_client(server: Server) -> InferenceServerClient:
+    """Triton's official HTTP client, pointed at ``server``'s Open Inference Protocol routes
+    (imported here: only the OIP tests need it and its gevent)."""
+    from tritonclient.http import InferenceServerClient
+
+    return InferenceServerClient(server.base_url.removeprefix("http://"))
