@@ -24,6 +24,7 @@ from tests.support import (
     metric_samples,
     png_labels,
     running_server,
+    wait_for,
 )
 
 PNG, JSON, PROBLEM = "image/png", "application/json", "application/problem+json"
@@ -208,8 +209,14 @@ def test_response_headers(client: httpx.Client) -> None:
 
 def test_one_json_log_line_per_request(client: httpx.Client, server: Server) -> None:
     segment(client, encoded(scene(11)), headers={"X-Request-ID": "log-line-check"})
-    lines = [json.loads(line) for line in server.log().splitlines() if "log-line-check" in line]
-    access = [line for line in lines if line.get("path") == "/segment"]
+
+    def access_lines() -> list[dict]:
+        lines = [json.loads(line) for line in server.log().splitlines() if "log-line-check" in line]
+        return [line for line in lines if line.get("path") == "/segment"]
+
+    # The line is written once the answer has been sent: the client may see the answer first.
+    wait_for(lambda: len(access_lines()) > 0)
+    access = access_lines()
     assert len(access) == 1
     assert access[0] | {"latency_ms": 0} == access[0] | {
         "request_id": "log-line-check",
