@@ -18,8 +18,10 @@ from service.access import access_record
 from service.control import ModelControl
 from service.core import Service
 from service.errors import ModelNotFound, NotReady, ServiceError
+from service.model_card import Resize
 from service.openapi import SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES, problem_doc
 from service.pipeline import OutputFormat, SegmentOptions, StageTimes
+from service.policies import PolicyRequest
 from service.protocol import MULTIPART, disconnected, image_part, media_type, negotiate, read_body
 from service.schemas import (
     Batching,
@@ -61,6 +63,23 @@ async def segment(
     version: Annotated[
         int | None, Query(ge=1, description="model version; default: the latest")
     ] = None,
+    resize: Annotated[
+        Resize | None,
+        Query(
+            description="input policy: `stretch`, `letterbox`, `native` or `tiles`; default: "
+            "the model card's (GET /models shows it)"
+        ),
+    ] = None,
+    max_side: Annotated[
+        int | None, Query(ge=16, le=8192, description="native: longest side the model sees")
+    ] = None,
+    tile: Annotated[int | None, Query(ge=16, le=4096, description="tiles: window side")] = None,
+    overlap: Annotated[
+        float | None, Query(ge=0, le=0.9, description="tiles: fraction windows overlap")
+    ] = None,
+    scale: Annotated[
+        float | None, Query(gt=0, le=4, description="tiles: image scale before tiling")
+    ] = None,
 ) -> Response:
     service: Service = request.app.state.service
     record = access_record(request)
@@ -79,7 +98,7 @@ async def segment(
                 service,
                 served,
                 data,
-                SegmentOptions(fmt, alpha),
+                SegmentOptions(fmt, alpha, PolicyRequest(resize, max_side, tile, overlap, scale)),
                 deadline=record.arrived + service.settings.request_timeout_s,
                 client_gone=partial(disconnected, request),
             )

@@ -19,7 +19,8 @@ Public API (everything else is private)::
     done = await future
 
 ``run_batch(batch) -> outputs`` is an async callable; ``batch`` is a view of a preallocated
-``(n, *x.shape)`` array (valid only during the call) and ``outputs[i]`` is item i's answer.
+``(n, *x.shape)`` array (valid only during the call; kept for the next batch unless
+``keep_buffers=False``) and ``outputs[i]`` is item i's answer.
 Every item submitted gets exactly one outcome:
 
 - its row of the outputs (``Completed``), in the order items were submitted within a batch;
@@ -89,6 +90,7 @@ class Batcher:
         name: str = "batcher",
         wait_for_announced: bool = False,
         on_depth: Callable[[int], None] | None = None,
+        keep_buffers: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size, max_queue, concurrency >= 1 and max_delay_s >= 0")
@@ -108,6 +110,7 @@ class Batcher:
         self._wait_for_announced = wait_for_announced
         self._announced = 0  # items being prepared for submit (see announce)
         self._on_depth = on_depth
+        self._keep_buffers = keep_buffers
 
     @property
     def depth(self) -> int:
@@ -261,7 +264,8 @@ class Batcher:
             if items:
                 await self._run(items, buffer)
         finally:
-            self._free_buffers.append(buffer)
+            if self._keep_buffers:
+                self._free_buffers.append(buffer)
             self._slots.release()
 
     async def _run(self, items: list[_Item], buffer: np.ndarray) -> None:

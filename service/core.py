@@ -32,6 +32,7 @@ from prometheus_client import Histogram
 from service import metrics
 from service.batching import Batcher, RunBatch
 from service.errors import ModelLoadError, NotReady
+from service.lanes import Lanes, MakeBatcher, Shape
 from service.model_card import ModelCard
 from service.repository import ModelRepository, ModelVersion
 from service.runtime import SessionPool, load_model
@@ -50,7 +51,8 @@ class ServedModel:
     ref: ModelVersion
     card: ModelCard
     pool: SessionPool
-    batcher: Batcher
+    batcher: Batcher  # the lane of the model's own input size, labels out
+    lanes: Lanes  # that one and those the input policies add (service/lanes.py)
     queue_wait: Histogram  # this version's child of metrics.QUEUE_WAIT, looked up once
     stamp: FileStamp  # the file as loaded: a changed file is a new load
     leases: int = 0  # requests holding this version (``Service.lease``); retirement waits for 0
@@ -132,7 +134,7 @@ class Service:
         if served.leases:
             with contextlib.suppress(TimeoutError):  # as a shutdown would, after its timeout
                 await asyncio.wait_for(served.unleased.wait(), self.settings.shutdown_timeout_s)
-        await served.batcher.stop()  # queued items still finish
+        await served.lanes.stop()  # queued items still finish
         served.pool.close()
         metrics.MODEL_INFO.remove(served.ref.name, str(served.ref.version), served.pool.provider)
         log.info("unloaded %s", served.ref.key)
@@ -168,19 +170,10 @@ class Service:
         card, pool = await asyncio.to_thread(load_model, ref, self.settings)
         spec = card.input
         await asyncio.to_thread(pool.warm_up, np.zeros((1, 3, spec.height, spec.width), spec.dtype))
-        batcher = Batcher(
-            _instrumented(pool, ref),
-            max_batch_size=self.settings.max_batch_size,
-            max_delay_s=self.settings.max_batch_delay_s,
-            max_queue=self.settings.max_queue,
-            concurrency=pool.size,
-            name=ref.key,
-            wait_for_announced=self.settings.batch_eager,
-            # Set on every change rather than read at scrape time: with several server
-            # processes the scrape is answered by one of them (service/processes.py).
-            on_depth=metrics.QUEUE_DEPTH.labels(ref.name, str(ref.version)).set,
-        )
-        await batcher.start()
+        # Set on every change rather than read at scrape time: with several server processes
+        # the scrape is answered by one of them (service/processes.py).
+        lanes = Lanes(self._lane_maker(pool, ref), metrics.QUEUE_DEPTH.labels(*ref.labels).set)
+        batcher = await lanes.get((spec.height, spec.width), scores=False)
         metrics.MODEL_INFO.labels(ref.name, str(ref.version), pool.provider).set(1)
         log.info(
             "loaded %s",
@@ -191,12 +184,37 @@ class Service:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        queue_wait = metrics.QUEUE_WAIT.labels(ref.name, str(ref.version))
-        return ServedModel(ref, card, pool, batcher, queue_wait, stamp)
+        queue_wait = metrics.QUEUE_WAIT.labels(*ref.labels)
+        return ServedModel(ref, card, pool, batcher, lanes, queue_wait, stamp)
+
+    def _lane_maker(self, pool: SessionPool, ref: ModelVersion) -> MakeBatcher:
+        settings = self.settings
+
+        def make(shape: Shape, scores: bool, on_depth: Callable[[int], None]) -> Batcher:
+            height, width = shape
+            own = (height, width) == (pool.input_height, pool.input_width) and not scores
+            # Other lanes' batches hold at most max_batch_pixels (native inputs are large), and
+            # allocate per batch so that an idle lane holds no memory.
+            budget = max(1, settings.max_batch_pixels // (height * width))
+            size = settings.max_batch_size if own else min(settings.max_batch_size, budget)
+            kind = "/scores" if scores else ""
+            return Batcher(
+                _instrumented(pool, ref, scores),
+                max_batch_size=size,
+                max_delay_s=settings.max_batch_delay_s,
+                max_queue=settings.max_queue,
+                concurrency=pool.size,
+                name=ref.key if own else f"{ref.key}@{width}x{height}{kind}",
+                wait_for_announced=settings.batch_eager,
+                on_depth=on_depth,
+                keep_buffers=own,
+            )
+
+        return make
 
     async def close(self) -> None:
         """Finish queued work, then release sessions and threads."""
-        await asyncio.gather(*(m.batcher.stop() for m in self.models.values()))
+        await asyncio.gather(*(m.lanes.stop() for m in self.models.values()))
         for served in self.models.values():
             served.pool.close()
         self.workers.shutdown()
@@ -208,13 +226,13 @@ def file_stamp(path: Path) -> FileStamp:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _instrumented(pool: SessionPool, ref: ModelVersion) -> RunBatch:
-    infer_time = metrics.INFERENCE_TIME.labels(ref.name, str(ref.version))
-    batch_size = metrics.BATCH_SIZE.labels(ref.name, str(ref.version))
+def _instrumented(pool: SessionPool, ref: ModelVersion, scores: bool) -> RunBatch:
+    infer_time = metrics.INFERENCE_TIME.labels(*ref.labels)
+    batch_size = metrics.BATCH_SIZE.labels(*ref.labels)
 
     async def run_batch(batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        labels = await pool.run(batch)
+        labels = await pool.run(batch, scores=scores)
         infer_time.observe(time.perf_counter() - started)
         batch_size.observe(len(batch))
         return labels

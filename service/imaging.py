@@ -9,6 +9,7 @@ Every function here is pure and thread-safe: the service calls them from worker 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -52,6 +53,10 @@ _SWAPS_AXES: Final = frozenset({5, 6, 7, 8})
 Image.init()
 
 
+# The size a caller needs, fixed or as a function of the upright image's (width, height).
+MinSize = tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]] | None
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
     image: Image.Image  # RGB; smaller than ``size`` when decoded at a reduced JPEG scale
@@ -68,14 +73,13 @@ def sniff_media_type(data: bytes) -> str | None:
     return None
 
 
-def decode(
-    data: bytes, *, max_pixels: int, min_size: tuple[int, int] | None = None
-) -> DecodedImage:
+def decode(data: bytes, *, max_pixels: int, min_size: MinSize = None) -> DecodedImage:
     """Decode ``data`` into an upright RGB image.
 
-    ``min_size`` (width, height) is the smallest image the caller needs (the model input); a JPEG
-    is then decoded at the largest 1/2, 1/4 or 1/8 scale that still covers it, which is several
-    times faster than a full decode. None decodes at full resolution.
+    ``min_size`` (width, height) is the smallest image the caller needs (the model input), or a
+    function of the upright image's size that says it; a JPEG is then decoded at the largest
+    1/2, 1/4 or 1/8 scale that still covers it, which is several times faster than a full
+    decode. None decodes at full resolution.
 
     Raises PayloadTooLarge when width x height exceeds ``max_pixels`` (read from the header, so a
     decompression bomb is refused without allocating it) and InvalidImage for anything that is
@@ -97,7 +101,7 @@ def decode(
         raise InvalidImage(f"the body is not a decodable image: {_reason(exc)}") from exc
 
 
-def _decode(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) -> DecodedImage:
+def _decode(data: bytes, max_pixels: int, min_size: MinSize) -> DecodedImage:
     image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -107,9 +111,11 @@ def _decode(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) -> D
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
     orientation = _orientation(image)
-
+    swapped = orientation in _SWAPS_AXES
+    if callable(min_size):
+        min_size = min_size((height, width) if swapped else (width, height))
     if min_size is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
-        need_w, need_h = (min_size[1], min_size[0]) if orientation in _SWAPS_AXES else min_size
+        need_w, need_h = (min_size[1], min_size[0]) if swapped else min_size
         image.draft(image.mode, (max(1, need_w), max(1, need_h)))
     image.load()  # raises on truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False)
     if orientation != 1 and _orientation(image) != orientation:
@@ -159,23 +165,43 @@ def _reason(exc: Exception) -> str:
     return text[:200] if text else type(exc).__name__
 
 
-def prepare(image: Image.Image, spec: model_card.InputSpec) -> np.ndarray:
-    """Resize (stretch, bilinear) and normalise ``image`` into a C-contiguous (3, H, W) array."""
-    size = (spec.width, spec.height)
+def prepare(
+    image: Image.Image,
+    spec: model_card.InputSpec,
+    size: tuple[int, int] | None = None,
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """``image`` resized (bilinear) to ``size`` (width, height; default the model's), normalised
+    and placed top-left in a C-contiguous (3, *shape) array (height, width; default the resized
+    image's) whose rest is zeros: the mean colour, after normalisation."""
+    width, height = size or (spec.width, spec.height)
+    pixels = np.asarray(resized(image, (width, height)))  # (H, W, 3) uint8
+    return normalized(pixels, spec, shape or (height, width))
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` as RGB of ``size`` (width, height)."""
     if image.size != size:
         # reducing_gap: an image over 3x the input size is first box-reduced by an integer
         # factor. Twice as fast on big images; on a 4000x3000 photo -> 256x256 the result
         # differs from the plain resize by at most 2 levels (mean 0.1).
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    pixels = np.asarray(image)  # (H, W, 3) uint8
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def normalized(
+    pixels: np.ndarray, spec: model_card.InputSpec, shape: tuple[int, int]
+) -> np.ndarray:
+    """(h, w, 3) uint8 ``pixels`` normalised into the top-left of a zeroed (3, *shape) input."""
+    height, width = pixels.shape[:2]
+    whole = (height, width) == shape
+    out = (np.empty if whole else np.zeros)((3, *shape), dtype=np.float32)
+    region = out if whole else out[:, :height, :width]
     scale, offset = _affine(spec)
     # x = (p / 255 - mean) / std = p * scale + offset, computed in place in the CHW output (the
     # transpose is only a view of the HWC pixels): one allocation, no temporaries.
-    out = np.empty((3, spec.height, spec.width), dtype=np.float32)
-    np.multiply(pixels.transpose(2, 0, 1), scale, out=out)
-    out += offset
+    np.multiply(pixels.transpose(2, 0, 1), scale, out=region)
+    region += offset
     return out if spec.dtype == "float32" else out.astype(spec.dtype)
 
 

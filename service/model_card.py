@@ -67,6 +67,9 @@ class ClassInfo(_Frozen):
         return v
 
 
+Resize = Literal["stretch", "letterbox", "native", "tiles"]
+
+
 class InputSpec(_Frozen):
     """How to turn an RGB image into the model's input tensor."""
 
@@ -78,9 +81,17 @@ class InputSpec(_Frozen):
     # x = (pixel / 255 - mean) / std, per channel
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # The default input policy (service/policies.py); a request may choose another:
     # "stretch": resize to (width, height) ignoring aspect ratio; labels are resized back the
-    # same way
-    resize: Literal["stretch"] = "stretch"
+    # same way. "letterbox": keep the aspect ratio, fit, pad. "native": the image's own
+    # resolution (long side at most max_side), padded to a multiple of stride. "tiles": windows
+    # of tile x tile pixels overlapping by ``overlap``, over the image scaled by ``scale``.
+    resize: Resize = "stretch"
+    max_side: int = Field(1024, ge=1, le=8192)
+    stride: int = Field(32, ge=1, le=1024)
+    tile: int | None = Field(None, ge=16, le=4096)  # None: the model's height and width
+    overlap: float = Field(0.25, ge=0, lt=1)
+    scale: float = Field(1.0, gt=0, le=4)
 
     @field_validator("std")
     @classmethod

@@ -12,7 +12,10 @@ call ``segment``, or its stages; nothing here knows HTTP.
 
 Stages: ``prepare_input`` (decode + EXIF orientation + resize/normalise, on a worker thread) ->
 the model's batcher (queue, then inference with other requests' images) -> ``encode_output``
-(labels scaled to the image's size as they are encoded, on a worker thread).
+(labels scaled to the image's size as they are encoded, on a worker thread). The input policy
+(``service.policies``: stretch, letterbox, native, tiles) decides how the image meets the model;
+whatever it is, the labels handed to the encoders cover exactly the image. Tiles go through the
+batcher one band (a row of windows) at a time, so a big image never holds the queue for long.
 """
 
 from __future__ import annotations
@@ -22,15 +25,21 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import orjson
+from PIL import Image
 
-from service import imaging, masks
-from service.batching import Completed
+from service import imaging, masks, policies
+from service.batching import Batcher, Completed
 from service.core import ServedModel, Service
-from service.errors import ClientClosed
+from service.errors import ClientClosed, PayloadTooLarge
 from service.model_card import ModelCard
+from service.policies import PolicyRequest
+
+T = TypeVar("T")
+CARD_POLICY = PolicyRequest()  # no overrides: the card's input policy
 
 
 class OutputFormat(StrEnum):
@@ -50,12 +59,14 @@ MEDIA_TYPES = {
 class SegmentOptions:
     fmt: OutputFormat = OutputFormat.png
     alpha: float = 0.5  # overlay opacity
+    policy: PolicyRequest = CARD_POLICY
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
     decoded: imaging.DecodedImage
     x: np.ndarray  # the model input (3, H, W)
+    content: policies.Size  # (w, h): the top-left part of x that the image fills
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +79,7 @@ class StageTimes:
 
 @dataclass(frozen=True, slots=True)
 class Labelled:
-    labels: np.ndarray  # uint8 (h, w) at the model's output size
+    labels: np.ndarray  # uint8 (h, w) covering exactly the image (scaled to it when encoded)
     decoded: imaging.DecodedImage
     decode_s: float  # decode + prepare
     queue_s: float
@@ -77,7 +88,7 @@ class Labelled:
 
 @dataclass(frozen=True, slots=True)
 class Segmented:
-    labels: np.ndarray  # uint8 (h, w) at the model's output size
+    labels: np.ndarray  # uint8 (h, w) covering exactly the image
     content: bytes
     media_type: str
     times: StageTimes
@@ -97,7 +108,13 @@ async def segment(
     withdraws the image from the queue and raises ClientClosed. Raises the ``ServiceError`` of
     the failing stage (InvalidImage, PayloadTooLarge, Overloaded, DeadlineExceeded, ...)."""
     labelled = await label_image(
-        service, served, data, options.fmt, deadline=deadline, client_gone=client_gone
+        service,
+        served,
+        data,
+        options.fmt,
+        policy=options.policy,
+        deadline=deadline,
+        client_gone=client_gone,
     )
     t0 = time.perf_counter()
     content = await service.run_cpu(
@@ -115,21 +132,111 @@ async def label_image(
     data: bytes,
     fmt: OutputFormat,
     *,
+    policy: PolicyRequest = CARD_POLICY,
     deadline: float,
     client_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> Labelled:
-    """``segment`` without the encoding: the model-sized labels of ``data`` decoded for ``fmt``,
-    and the decoded image. Raises as ``segment`` does."""
+    """``segment`` without the encoding: the labels of ``data`` decoded for ``fmt``, and the
+    decoded image. Raises as ``segment`` does, and InvalidParameter for a policy the model
+    cannot run."""
+    resolved = policies.resolve(served.card.input, policy, any_size=served.pool.any_size)
+    if resolved.resize == "tiles":
+        return await _label_tiles(service, served, data, fmt, resolved, deadline, client_gone)
     t0 = time.perf_counter()
-    with served.batcher.announce():  # the batcher may wait for this image, not for nothing
-        prepared = await service.run_cpu(
-            prepare_input, data, served.card, fmt, service.settings.max_pixels
-        )
-        t1 = time.perf_counter()
-        queued = served.batcher.enqueue(prepared.x, deadline=deadline)
+    args = (data, served.card, fmt, service.settings.max_pixels, resolved)
+    if resolved.resize == "native":  # the lane is known once the image's size is
+        prepared = await service.run_cpu(prepare_input, *args)
+        lane = await served.lanes.get(prepared.x.shape[1:], scores=False)
+        queued = lane.enqueue(prepared.x, deadline=deadline)
+    else:
+        with served.batcher.announce():  # the batcher may wait for this image, not for nothing
+            prepared = await service.run_cpu(prepare_input, *args)
+            queued = served.batcher.enqueue(prepared.x, deadline=deadline)
+    t1 = time.perf_counter()
     done = await _unless_gone(queued, client_gone)
     served.queue_wait.observe(done.queued_s)
-    return Labelled(done.value, prepared.decoded, t1 - t0, done.queued_s, done.run_s)
+    labels = _crop(done.value, prepared.content, prepared.x.shape[1:])
+    return Labelled(labels, prepared.decoded, t1 - t0, done.queued_s, done.run_s)
+
+
+async def _label_tiles(
+    service: Service,
+    served: ServedModel,
+    data: bytes,
+    fmt: OutputFormat,
+    policy: policies.Policy,
+    deadline: float,
+    client_gone: Callable[[], Awaitable[None]] | None,
+) -> Labelled:
+    """The tiles policy: the windows of one band at a time through the scores lane, blended."""
+    t0 = time.perf_counter()
+    card, settings = served.card, service.settings
+    decoded = await service.run_cpu(decode_input, data, card, fmt, settings.max_pixels, policy)
+    content = policies.content_size(policy, card.input, decoded.size)
+    tiles = policies.tile_count(policy, content)
+    if tiles > settings.max_tiles:
+        raise PayloadTooLarge(
+            f"the image needs {tiles} tiles of {policy.tile} px at scale {policy.scale}; the "
+            f"limit is {settings.max_tiles} (lower scale, or raise tile)"
+        )
+    image = await service.run_cpu(imaging.resized, decoded.image, content)
+    lane = await served.lanes.get((policy.tile, policy.tile), scores=True)
+    stitcher = policies.Stitcher(content, policy.tile, card.num_classes)
+    xs = policies.tile_origins(content[0], policy.tile, policy.overlap)
+    decode_s, queue_s, infer_s = time.perf_counter() - t0, 0.0, 0.0
+    for y in policies.tile_origins(content[1], policy.tile, policy.overlap):
+        windows = await service.run_cpu(_windows, image, y, xs, policy.tile, card)
+        band = _enqueue_all(lane, windows, deadline)
+        done = await _unless_gone(band, client_gone)
+        for item in done:
+            served.queue_wait.observe(item.queued_s)
+        queue_s += max(item.queued_s for item in done)
+        infer_s += max(item.run_s for item in done)
+        scores = np.stack([item.value for item in done])
+        await service.run_cpu(stitcher.add_band, y, xs, scores)
+    labels = await service.run_cpu(stitcher.finish)
+    return Labelled(labels, decoded, decode_s, queue_s, infer_s)
+
+
+def _windows(
+    image: Image.Image, y: int, xs: list[int], tile: int, card: ModelCard
+) -> list[np.ndarray]:
+    """The model inputs of the windows at (x, ``y``) for x in ``xs``; past the image's edge,
+    zeros (the mean colour)."""
+    width, height = image.size
+    bottom = min(y + tile, height)
+    return [
+        imaging.normalized(
+            np.asarray(image.crop((x, y, min(x + tile, width), bottom))), card.input, (tile, tile)
+        )
+        for x in xs
+    ]
+
+
+def _enqueue_all(
+    lane: Batcher, inputs: list[np.ndarray], deadline: float
+) -> asyncio.Future[list[Completed]]:
+    """Every input queued, or none: a refusal withdraws those already queued."""
+    queued: list[asyncio.Future[Completed]] = []
+    try:
+        for x in inputs:
+            queued.append(lane.enqueue(x, deadline=deadline))
+    except BaseException:
+        for future in queued:
+            future.cancel()
+        raise
+    return asyncio.gather(*queued)
+
+
+def _crop(labels: np.ndarray, content: policies.Size, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The part of the model's ``labels`` that shows the image: its ``content`` (w, h) out of the
+    input's (h, w), in the output's own resolution."""
+    height, width = input_shape
+    if content == (width, height):
+        return labels
+    rows = max(1, round(content[1] * labels.shape[0] / height))
+    cols = max(1, round(content[0] * labels.shape[1] / width))
+    return labels[:rows, :cols]
 
 
 async def label_input(
@@ -153,19 +260,42 @@ async def label_input(
     return labels
 
 
-def prepare_input(data: bytes, card: ModelCard, fmt: OutputFormat, max_pixels: int) -> Prepared:
-    """``data`` decoded for ``fmt`` and prepared for ``card``'s model."""
-    decoded = decode_input(data, card, fmt, max_pixels)
-    return Prepared(decoded, imaging.prepare(decoded.image, card.input))
+def prepare_input(
+    data: bytes,
+    card: ModelCard,
+    fmt: OutputFormat,
+    max_pixels: int,
+    policy: policies.Policy | None = None,
+) -> Prepared:
+    """``data`` decoded for ``fmt`` and prepared for ``card``'s model under ``policy`` (default:
+    the card's own, which must not be tiles: those are prepared a band at a time)."""
+    policy = policy or policies.resolve(card.input, CARD_POLICY, any_size=False)
+    decoded = decode_input(data, card, fmt, max_pixels, policy)
+    content = policies.content_size(policy, card.input, decoded.size)
+    shape = policies.input_shape(policy, card.input, content)
+    return Prepared(decoded, imaging.prepare(decoded.image, card.input, content, shape), content)
 
 
 def decode_input(
-    data: bytes, card: ModelCard, fmt: OutputFormat, max_pixels: int
+    data: bytes,
+    card: ModelCard,
+    fmt: OutputFormat,
+    max_pixels: int,
+    policy: policies.Policy | None = None,
 ) -> imaging.DecodedImage:
-    """``data`` decoded upright. png and rle only need the model's input size, so a big JPEG is
-    decoded at a reduced scale; overlay blends at full size."""
-    min_size = None if fmt is OutputFormat.overlay else (card.input.width, card.input.height)
-    return imaging.decode(data, max_pixels=max_pixels, min_size=min_size)
+    """``data`` decoded upright. png and rle only need the size the policy resizes the image to,
+    so a big JPEG is decoded at a reduced scale; overlay blends at full size."""
+    if fmt is OutputFormat.overlay:
+        return imaging.decode(data, max_pixels=max_pixels)
+    if policy is None or policy.resize == "stretch":
+        return imaging.decode(
+            data, max_pixels=max_pixels, min_size=(card.input.width, card.input.height)
+        )
+    return imaging.decode(
+        data,
+        max_pixels=max_pixels,
+        min_size=lambda size: policies.content_size(policy, card.input, size),
+    )
 
 
 def encode_output(
@@ -209,8 +339,8 @@ def encode_mask(
 
 
 async def _unless_gone(
-    queued: asyncio.Future[Completed], client_gone: Callable[[], Awaitable[None]] | None
-) -> Completed:
+    queued: asyncio.Future[T], client_gone: Callable[[], Awaitable[None]] | None
+) -> T:
     if client_gone is None:
         return await queued
     watcher: asyncio.Future[object] = asyncio.ensure_future(client_gone())

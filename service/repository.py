@@ -34,6 +34,11 @@ class ModelVersion:
     def key(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(model, version): this version's metric labels."""
+        return self.name, str(self.version)
+
 
 class ModelRepository:
     """What the repository folder holds; ``resolve`` maps a request's model/version to one."""

@@ -142,7 +142,8 @@ def _numpy_dtype(ort_type: str) -> str:
 
 
 class Runner:
-    """One session; ``run`` turns an input batch into uint8 labels (N, h, w). One thread each."""
+    """One session; ``run`` turns an input batch into uint8 labels (N, h, w), or into float scores
+    (N, classes, h, w) for blending overlapping tiles. One thread each."""
 
     def __init__(
         self, session: ort.InferenceSession, card: ModelCard, *, io_binding: bool | None = None
@@ -152,12 +153,24 @@ class Runner:
         self._input = session.get_inputs()[0].name
         self._output = session.get_outputs()[0].name
         self._logits = card.output.kind == "logits"
+        self._classes = card.num_classes
+        height, width = session.get_inputs()[0].shape[2:]
+        # A fully convolutional graph exported with symbolic height and width takes any size.
+        self.any_size = not isinstance(height, int) and not isinstance(width, int)
+        self.input_size = (card.input.height, card.input.width)
         # On a GPU, bind input and output: one host->device copy per batch, output lands on CPU.
         if io_binding is None:
             io_binding = self.provider != CPU
         self._binding = session.io_binding() if io_binding else None
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, *, scores: bool = False) -> np.ndarray:
+        out = self._forward(batch)
+        if scores:
+            return out if self._logits else one_hot(out, self._classes)
+        # Only uint8 labels move on: argmax right after inference when the model gives logits.
+        return class_argmax(out) if self._logits else out.astype(np.uint8)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self._binding is None:
             (out,) = self.session.run([self._output], {self._input: batch})
         else:
@@ -165,8 +178,12 @@ class Runner:
             self._binding.bind_output(self._output, "cpu")
             self.session.run_with_iobinding(self._binding)
             out = self._binding.copy_outputs_to_cpu()[0]
-        # Only uint8 labels move on: argmax right after inference when the model gives logits.
-        return class_argmax(out) if self._logits else out.astype(np.uint8)
+        return out
+
+
+def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    """(N, h, w) labels as (N, classes, h, w) float32 scores: 1 for the label, 0 elsewhere."""
+    return (labels[:, None] == np.arange(classes).reshape(1, -1, 1, 1)).astype(np.float32)
 
 
 def class_argmax(logits: np.ndarray) -> np.ndarray:
@@ -201,12 +218,14 @@ class SessionPool:
         self._threads = WorkerThreads(len(runners), f"ort-{name}")
         self.size = len(runners)
         self.provider = DISPLAY_NAMES.get(runners[0].provider, runners[0].provider)
+        self.any_size = runners[0].any_size
+        self.input_height, self.input_width = runners[0].input_size
 
-    async def run(self, batch: np.ndarray) -> np.ndarray:
+    async def run(self, batch: np.ndarray, *, scores: bool = False) -> np.ndarray:
         async with self._free:
             runner = self._idle.popleft()
             try:
-                return await self._threads.run(runner.run, batch)
+                return await self._threads.run(runner.run, batch, scores=scores)
             finally:
                 self._idle.append(runner)
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.model_card import ClassInfo, TrainingCard
+from service.model_card import ClassInfo, Resize, TrainingCard
 
 
 class Rle(BaseModel):
@@ -48,7 +48,12 @@ class InputInfo(BaseModel):
     layout: Literal["NCHW"]
     channels: Literal["RGB"]
     dtype: Literal["float32", "float16"]
-    resize: Literal["stretch"]
+    resize: Resize = Field(description="the default input policy; ?resize= chooses another")
+    max_side: int = Field(description="native: longest side the model sees")
+    stride: int = Field(description="native: inputs are padded to a multiple of it")
+    tile: int | None = Field(description="tiles: window side (null: the model's input size)")
+    overlap: float = Field(description="tiles: fraction windows overlap")
+    scale: float = Field(description="tiles: image scale before tiling")
 
 
 class Normalization(BaseModel):

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     # Dynamic batching and admission
     max_batch_size: int = Field(8, ge=1)
+    # Input pixels one batch may hold (native inputs are large): a lane of h x w inputs batches
+    # at most max_batch_pixels // (h * w) of them, and always at least one.
+    max_batch_pixels: int = Field(1024 * 1024, ge=1)
     max_batch_delay_ms: float = Field(5.0, ge=0)
     # Start a batch at once when no other request for the model is being decoded (a lone
     # request never waits out the delay); false: always wait up to max_batch_delay_ms.
@@ -47,6 +50,8 @@ class Settings(BaseSettings):
     # Input limits
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
+    # Windows one tiles request may run (a 4000x3000 image at tile 128, overlap 0.25: 1,302).
+    max_tiles: int = Field(4096, ge=1)
 
     # Server. Each of ``processes`` (one port, docs/PERFORMANCE.md) loads the models and has its
     # own batcher, ``worker_threads`` and ONNX Runtime threads.

@@ -50,21 +50,37 @@ HOLDING = {
 }
 
 
-def tiny_card(name: str = "tiny", size: int = 32, output: str = "logits") -> ModelCard:
+def tiny_card(
+    name: str = "tiny", size: int = 32, output: str = "logits", **policy: object
+) -> ModelCard:
+    """The tiny model's card; ``policy``: the input policy fields (resize, tile, ...)."""
     return ModelCard.with_default_colors(
         TINY_LABELS,
         name=name,
         description="1x1 conv colour classifier for tests",
-        input=InputSpec(height=size, width=size, mean=(0, 0, 0), std=(1, 1, 1)),
+        input=InputSpec(height=size, width=size, mean=(0, 0, 0), std=(1, 1, 1), **policy),
         output=OutputSpec(kind=output),
         training=TrainingCard(architecture="conv1x1", dataset="none", val_miou=1.0),
     )
 
 
-def tiny_model(card: ModelCard) -> onnx.ModelProto:
-    """Build the model for ``card``: dynamic batch, fixed spatial size, logits or uint8 labels."""
-    h, w = card.input.height, card.input.width
-    nodes = [helper.make_node("Conv", ["input", "W", "B"], ["logits"], kernel_shape=[1, 1])]
+def tiny_model(
+    card: ModelCard,
+    *,
+    any_size: bool = False,
+    weights: np.ndarray = _WEIGHTS,
+    bias: np.ndarray = _BIAS,
+) -> onnx.ModelProto:
+    """Build the model for ``card``: dynamic batch, the card's spatial size (or any, symbolic
+    like model_export's exports), logits or uint8 labels. ``weights`` (3, 3, k, k), odd k, and
+    ``bias`` (3,) replace the colour classifier's: a k x k convolution padded to keep the size."""
+    h, w = ("H", "W") if any_size else (card.input.height, card.input.width)
+    pad = weights.shape[-1] // 2
+    conv = helper.make_node(
+        "Conv", ["input", "W", "B"], ["logits"], kernel_shape=list(weights.shape[2:]),
+        pads=[pad] * 4,
+    )  # fmt: skip
+    nodes = [conv]
     out_name = "logits"
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, h, w])
     if card.output.kind == "labels":
@@ -80,8 +96,8 @@ def tiny_model(card: ModelCard) -> onnx.ModelProto:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, h, w])],
         [out],
         initializer=[
-            helper.make_tensor("W", TensorProto.FLOAT, _WEIGHTS.shape, _WEIGHTS.ravel()),
-            helper.make_tensor("B", TensorProto.FLOAT, _BIAS.shape, _BIAS),
+            helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel()),
+            helper.make_tensor("B", TensorProto.FLOAT, bias.shape, bias),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -91,10 +107,13 @@ def tiny_model(card: ModelCard) -> onnx.ModelProto:
     return model
 
 
-def write_tiny_model(repo: Path, name: str = "tiny", version: int = 1, **card_kwargs) -> Path:
+def write_tiny_model(
+    repo: Path, name: str = "tiny", version: int = 1, *, model: dict | None = None, **card_kwargs
+) -> Path:
+    """The tiny model (``model``: ``tiny_model``'s keywords) as ``repo/name/version``."""
     path = repo / name / str(version) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(tiny_model(tiny_card(name=name, **card_kwargs)), path)
+    onnx.save(tiny_model(tiny_card(name=name, **card_kwargs), **(model or {})), path)
     return path
 
 
@@ -227,6 +246,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
 def oip_client(server: Server) -> InferenceServerClient:
     """Triton's official HTTP client, pointed at ``server``'s Open Inference Protocol routes
     (imported here: only the OIP tests need it and its gevent)."""

@@ -258,6 +258,11 @@ def test_models_lists_everything_api_md_promises(client: httpx.Client) -> None:
         "channels": "RGB",
         "dtype": "float32",
         "resize": "stretch",
+        "max_side": 1024,
+        "stride": 32,
+        "tile": None,
+        "overlap": 0.25,
+        "scale": 1.0,
     }
     assert v2["input"]["height"] == 24
     assert v1["normalization"]["mean"] == [0, 0, 0]
@@ -275,7 +280,17 @@ def test_health_and_readiness(client: httpx.Client) -> None:
 def test_openapi_documents_parameters_bodies_and_responses(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
     operation = client.get("/openapi.json").json()["paths"]["/segment"]["post"]
-    assert {p["name"] for p in operation["parameters"]} == {"format", "alpha", "model", "version"}
+    assert {p["name"] for p in operation["parameters"]} == {
+        "format",
+        "alpha",
+        "model",
+        "version",
+        "resize",
+        "max_side",
+        "tile",
+        "overlap",
+        "scale",
+    }
     assert all(p.get("description") for p in operation["parameters"])
     assert set(operation["requestBody"]["content"]) == {
         "image/jpeg",
