@@ -15,11 +15,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.access import AccessLog
-from service.api import router
+from service.api import describe_invalid_segment, router
 from service.core import Service, lone_process
 from service.problems import install_error_handlers
 from service.repository import ModelRepository
 from service.security import install_security
+from service.semantics import HeadAsGet
 from service.settings import Settings
 
 
@@ -51,10 +52,12 @@ def create_app(
         version="0.1.0",
         summary="Semantic-segmentation masks over HTTP (ONNX Runtime, dynamic batching)",
         lifespan=lifespan,
+        redirect_slashes=False,  # a 404 that names the right path, never a 307 (service/semantics)
     )
     app.state.service = service
     app.include_router(router)
-    install_error_handlers(app)
+    install_error_handlers(app, describe_invalid=describe_invalid_segment)
+    app.add_middleware(HeadAsGet)  # inside the access log, which records the HEAD
     app.add_middleware(AccessLog)
     install_security(app, settings)  # outermost: the request id exists before anything logs
     return app

@@ -1,9 +1,11 @@
 """The one place that turns errors into problem+json answers (RFC 9457): every ``ServiceError``
-by the status and ``code`` it carries, plus what FastAPI and Starlette raise themselves."""
+by the status and ``code`` it carries, plus what FastAPI and Starlette raise themselves. Each
+handler also writes the problem ``code`` into the request's access record (``service.access``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import InvalidParameter, ServiceError
+from service.semantics import slashless_route
 
 log = logging.getLogger("segserve.errors")
 
@@ -36,32 +39,62 @@ def problem_from(error: ServiceError) -> JSONResponse:
     return problem(error.status, error.code, error.title, error.detail, error.headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception that can reach the app to problem+json; never leak a stack trace."""
+def install_error_handlers(
+    app: FastAPI, *, describe_invalid: Callable[[Request], None] | None = None
+) -> None:
+    """Map every exception that can reach the app to problem+json; never leak a stack trace.
+    ``describe_invalid`` fills the access record of a request refused with 422 before its
+    route ran (model, version and format, where they are valid)."""
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        _note(request, exc.code)
         return problem_from(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
             for err in exc.errors()
         )
-        return problem_from(InvalidParameter(details or "invalid request parameters"))
+        error = InvalidParameter(details or "invalid request parameters")
+        _note(request, error.code)
+        if describe_invalid is not None:
+            describe_invalid(request)
+        return problem_from(error)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-        return problem(exc.status_code, code, title, str(exc.detail), dict(exc.headers or {}))
+        _note(request, code)
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = _not_found_detail(request)
+        return problem(exc.status_code, code, title, detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        _note(request, "internal_error")
         return problem(
             500,
             "internal_error",
             "Internal server error",
             "The server failed to process the request.",
         )
+
+
+def _note(request: Request, code: str) -> None:
+    """Write ``code`` into the request's access record (absent when the app runs without
+    ``service.access.AccessLog``, as in a bare ``TestClient``)."""
+    record = getattr(request.state, "access", None)
+    if record is not None:
+        record.error_code = code
+
+
+def _not_found_detail(request: Request) -> str:
+    path = request.url.path
+    slashless = slashless_route(request)
+    if slashless is not None:
+        return f"no route {path}: this API has no trailing slashes; use {slashless}"
+    return f"no route {path}; see /docs for the API"

@@ -14,7 +14,18 @@ from tests.support import ROOT
 
 SERVICE = ROOT / "service"
 # What knows HTTP, and what composes it with the core: nothing below imports these.
-EDGE = {"access", "api", "app", "openapi", "problems", "protocol", "schemas", "security", "server"}
+EDGE = {
+    "access",
+    "api",
+    "app",
+    "openapi",
+    "problems",
+    "protocol",
+    "schemas",
+    "security",
+    "semantics",
+    "server",
+}
 CORE = {
     "batching",
     "context",
