@@ -13,13 +13,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module: both in one venv is
+# whichever unpacked last, and uninstalling one deletes the other's files. Switching build
+# removes both (and the stamps that promised the other one) before installing the one asked for.
+ORT_PACKAGE_cpu := onnxruntime
+ORT_PACKAGE_gpu := onnxruntime-gpu
+define switch_ort
+	if $(BIN)/pip show --quiet $(ORT_PACKAGE_$(1)) >/dev/null 2>&1; then \
+		$(BIN)/pip uninstall --quiet --yes onnxruntime onnxruntime-gpu; \
+		rm -f $(VENV)/.serve-$(1) $(VENV)/.dev; \
+	fi
+endef
+OTHER_ORT := $(if $(filter gpu,$(ORT)),cpu,gpu)
+
 # The serving install: no torch.
 $(VENV)/.serve-$(ORT): $(BIN)/python pyproject.toml constraints.txt
+	$(call switch_ort,$(OTHER_ORT))
 	$(PIP) -e '.[$(ORT)]'
 	touch $@
 
 # Everything the tests need: the training stack (torch 2.13.0 CPU build first) and dev tools.
 $(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
+	$(call switch_ort,gpu)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[cpu,train,dev]'
 	touch $@
