@@ -7,7 +7,7 @@ PIP    := $(BIN)/pip install --quiet -c constraints.txt
 # ONNX Runtime build for serving: `make serve ORT=gpu` installs onnxruntime-gpu instead.
 ORT    ?= cpu
 
-.PHONY: serve test lint typecheck model bench audit deploy-lint clean
+.PHONY: serve test browser screenshots lint typecheck model bench audit deploy-lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,26 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
 serve: $(VENV)/.serve-$(ORT)
 	$(BIN)/python -m service
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The browser tests (tests/test_browser.py) drive Debian's chromium with its chromium-driver; a
+# browser build downloaded by a tool would not match the system's libraries (nor download
+# offline). Installed with apt when missing and possible; otherwise those tests skip, loudly.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "make browser: chromium/chromedriver missing and apt-get as root unavailable:" \
+			"the browser tests will SKIP (install Debian's chromium and chromium-driver)" >&2; \
+	fi
+
+# Redraw docs/images/page.png, the page's screenshot that README shows, from the browser test.
+screenshots: $(VENV)/.dev browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_browser.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import apidocs, page
 from service.access import AccessLog
 from service.api import describe_invalid_segment, router
 from service.core import Service, lone_process
@@ -53,11 +54,22 @@ def create_app(
         summary="Semantic-segmentation masks over HTTP (ONNX Runtime, dynamic batching)",
         lifespan=lifespan,
         redirect_slashes=False,  # a 404 that names the right path, never a 307 (service/semantics)
+        docs_url=None,  # served from bundled assets by service.apidocs
+        redoc_url=None,
     )
     app.state.service = service
     app.include_router(router)
+    apidocs.install_api_docs(app)
+    page.install_page(app)
     install_error_handlers(app, describe_invalid=describe_invalid_segment)
     app.add_middleware(HeadAsGet)  # inside the access log, which records the HEAD
     app.add_middleware(AccessLog)
-    install_security(app, settings)  # outermost: the request id exists before anything logs
+    # Outermost: the request id exists before anything logs. The page and the docs' assets hold
+    # no data (the page's calls to the API carry the key typed into it): they need no key.
+    install_security(
+        app,
+        settings,
+        public_paths=page.PUBLIC_PATHS,
+        public_prefixes=(*page.PUBLIC_PREFIXES, *apidocs.PUBLIC_PREFIXES),
+    )
     return app

@@ -17,8 +17,10 @@ SERVICE = ROOT / "service"
 EDGE = {
     "access",
     "api",
+    "apidocs",
     "app",
     "openapi",
+    "page",
     "problems",
     "protocol",
     "schemas",
