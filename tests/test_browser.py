@@ -1,5 +1,6 @@
-"""The page at ``/``, ``/docs`` and ``/redoc`` in a real headless Chromium (Debian's ``chromium``
-and ``chromium-driver``, driven by selenium) against a real server with the bundled model.
+"""The page at ``/``, ``/docs`` (its operations and "Try it out") and ``/redoc`` in a real
+headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by selenium) against
+real servers: the bundled model behind an API key for the page, the test models for the docs.
 
 Without the browser these tests skip, loudly: ``make browser`` (run by .ci/run) installs it.
 ``UPDATE_SCREENSHOTS=1`` also writes the page's screenshot to docs/images/page.png.
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.images import scene
 from tests.support import ROOT, Server, running_server
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
@@ -164,3 +166,25 @@ def test_redoc_renders_the_operations_from_bundled_assets(
     wait(browser, lambda b: "Segment one image" in b.find_element(By.TAG_NAME, "body").text)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "All served models" in body
+
+
+def test_swagger_try_it_out_on_segment_shows_the_mask(
+    browser: webdriver.Chrome, open_server: Server, tmp_path: Path
+) -> None:
+    image = tmp_path / "scene.png"
+    scene(1, 64, 48).save(image)
+    browser.get(open_server.base_url + "/docs")
+    block = wait(
+        browser, lambda b: b.find_element(By.ID, "operations-inference-segment_segment_post")
+    )
+    block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait(browser, lambda b: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+    block.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(image))
+    answer_types = block.find_element(By.CSS_SELECTOR, ".responses-wrapper select")
+    Select(answer_types).select_by_visible_text("image/png")  # Accept: image/png -> the mask
+    block.find_element(By.CSS_SELECTOR, ".execute").click()
+    shown = wait(
+        browser, lambda b: block.find_element(By.CSS_SELECTOR, ".live-responses-table img")
+    )
+    assert shown.get_attribute("src").startswith("blob:")
+    wait(browser, lambda b: b.execute_script("return arguments[0].naturalWidth;", shown) == 64)
