@@ -36,7 +36,9 @@ def test_an_unknown_path_is_a_plain_404(client: httpx.Client) -> None:
     assert "trailing" not in body["detail"]
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/models", "/models/tiny", "/metrics"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/models", "/models/tiny", "/metrics", "/", "/docs"]
+)
 def test_head_answers_like_get_without_a_body(client: httpx.Client, path: str) -> None:
     get = client.get(path)
     head = client.head(path)
