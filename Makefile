@@ -7,19 +7,34 @@ PIP    := $(BIN)/pip install --quiet -c constraints.txt
 # ONNX Runtime build for serving: `make serve ORT=gpu` installs onnxruntime-gpu instead.
 ORT    ?= cpu
 
-.PHONY: serve test lint typecheck model bench audit deploy-lint clean
+.PHONY: serve test browser screenshots lint typecheck model bench audit deploy-lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module: both in one venv is
+# whichever unpacked last, and uninstalling one deletes the other's files. Switching build
+# removes both (and the stamps that promised the other one) before installing the one asked for.
+ORT_PACKAGE_cpu := onnxruntime
+ORT_PACKAGE_gpu := onnxruntime-gpu
+define switch_ort
+	if $(BIN)/pip show --quiet $(ORT_PACKAGE_$(1)) >/dev/null 2>&1; then \
+		$(BIN)/pip uninstall --quiet --yes onnxruntime onnxruntime-gpu; \
+		rm -f $(VENV)/.serve-$(1) $(VENV)/.dev; \
+	fi
+endef
+OTHER_ORT := $(if $(filter gpu,$(ORT)),cpu,gpu)
+
 # The serving install: no torch.
 $(VENV)/.serve-$(ORT): $(BIN)/python pyproject.toml constraints.txt
+	$(call switch_ort,$(OTHER_ORT))
 	$(PIP) -e '.[$(ORT)]'
 	touch $@
 
 # Everything the tests need: the training stack (torch 2.13.0 CPU build first) and dev tools.
 $(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
+	$(call switch_ort,gpu)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[cpu,train,dev]'
 	touch $@
@@ -27,9 +42,26 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
 serve: $(VENV)/.serve-$(ORT)
 	$(BIN)/python -m service
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The browser tests (tests/test_browser.py) drive Debian's chromium with its chromium-driver; a
+# browser build downloaded by a tool would not match the system's libraries (nor download
+# offline). Installed with apt when missing and possible; otherwise those tests skip, loudly.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "make browser: chromium/chromedriver missing and apt-get as root unavailable:" \
+			"the browser tests will SKIP (install Debian's chromium and chromium-driver)" >&2; \
+	fi
+
+# Redraw docs/images/page.png, the page's screenshot that README shows, from the browser test.
+screenshots: $(VENV)/.dev browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_browser.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

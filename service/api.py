@@ -7,6 +7,7 @@ the typed errors of ``service.errors``; ``service.problems`` maps them.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import partial
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from service import metrics, pipeline
-from service.access import access_record
+from service.access import SEGMENT_PATH, access_record
 from service.control import ModelControl
 from service.core import Service
 from service.errors import ModelNotFound, NotReady, ServiceError
@@ -39,7 +40,7 @@ router = APIRouter()
 
 # -- /segment -----------------------------------------------------------------------------------
 @router.post(
-    "/segment",
+    SEGMENT_PATH,
     summary="Segment one image",
     responses=SEGMENT_RESPONSES,
     openapi_extra=SEGMENT_REQUEST_BODY,
@@ -85,26 +86,22 @@ async def segment(
     record = access_record(request)
     fmt = fmt or negotiate(request.headers.get("accept"))
     record.format = fmt.value
-    try:
-        # Leased: a version swapped out meanwhile (model control) still answers this request.
-        with service.lease(model, version) as served:
-            # Labelled only once resolved: a client's made-up names never become metric labels.
-            record.model, record.version = served.ref.name, str(served.ref.version)
-            content_type = media_type(request.headers)
-            served.batcher.check_capacity()  # a full queue refuses before the upload is read
-            body = await read_body(request, service.settings.max_body_bytes)
-            data = await image_part(request.headers, body) if content_type == MULTIPART else body
-            result = await pipeline.segment(
-                service,
-                served,
-                data,
-                SegmentOptions(fmt, alpha, PolicyRequest(resize, max_side, tile, overlap, scale)),
-                deadline=record.arrived + service.settings.request_timeout_s,
-                client_gone=partial(disconnected, request),
-            )
-    except ServiceError as exc:
-        record.error_code = exc.code
-        raise
+    # Leased: a version swapped out meanwhile (model control) still answers this request.
+    with service.lease(model, version) as served:
+        # Labelled only once resolved: a client's made-up names never become metric labels.
+        record.model, record.version = served.ref.name, str(served.ref.version)
+        content_type = media_type(request.headers)
+        served.batcher.check_capacity()  # a full queue refuses before the upload is read
+        body = await read_body(request, service.settings.max_body_bytes)
+        data = await image_part(request.headers, body) if content_type == MULTIPART else body
+        result = await pipeline.segment(
+            service,
+            served,
+            data,
+            SegmentOptions(fmt, alpha, PolicyRequest(resize, max_side, tile, overlap, scale)),
+            deadline=record.arrived + service.settings.request_timeout_s,
+            client_gone=partial(disconnected, request),
+        )
     return Response(
         result.content,
         media_type=result.media_type,
@@ -114,6 +111,23 @@ async def segment(
             "Server-Timing": _server_timing(result.times),
         },
     )
+
+
+def describe_invalid_segment(request: Request) -> None:
+    """Fill the access record of a ``/segment`` request refused with 422 before the route ran:
+    the model, version and format its query names, where each is valid on its own."""
+    if request.url.path != SEGMENT_PATH:
+        return
+    record, query = access_record(request), request.query_params
+    with suppress(ValueError):
+        fmt = query.get("format") or negotiate(request.headers.get("accept"))
+        record.format = OutputFormat(fmt).value
+    try:
+        version = int(query["version"]) if "version" in query else None
+        ref = request.app.state.service.repository.resolve(query.get("model"), version)
+    except (ValueError, ServiceError):
+        return
+    record.model, record.version = ref.name, str(ref.version)
 
 
 def _server_timing(times: StageTimes) -> str:

@@ -15,13 +15,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import api, oip, repository_api
+from service import api, apidocs, oip, page, repository_api
 from service.access import AccessLog
 from service.control import ModelControl
 from service.core import Service, lone_process
 from service.problems import install_error_handlers
 from service.repository import ModelRepository
 from service.security import install_security
+from service.semantics import HeadAsGet
 from service.settings import Settings
 
 
@@ -57,15 +58,28 @@ def create_app(
         version="0.1.0",
         summary="Semantic-segmentation masks over HTTP (ONNX Runtime, dynamic batching)",
         lifespan=lifespan,
+        redirect_slashes=False,  # a 404 that names the right path, never a 307 (service/semantics)
+        docs_url=None,  # served from bundled assets by service.apidocs
+        redoc_url=None,
     )
     app.state.service = service
     app.state.control = control
     app.include_router(api.router)
     app.include_router(oip.router)
     app.include_router(repository_api.router)
-    install_error_handlers(app)
+    apidocs.install_api_docs(app)
+    page.install_page(app)
+    install_error_handlers(app, describe_invalid=api.describe_invalid_segment)
+    app.add_middleware(HeadAsGet)  # inside the access log, which records the HEAD
     app.add_middleware(AccessLog)
-    install_security(app, settings)  # outermost: the request id exists before anything logs
+    # Outermost: the request id exists before anything logs. The page and the docs' assets hold
+    # no data (the page's calls to the API carry the key typed into it): they need no key.
+    install_security(
+        app,
+        settings,
+        public_paths=page.PUBLIC_PATHS,
+        public_prefixes=(*page.PUBLIC_PREFIXES, *apidocs.PUBLIC_PREFIXES),
+    )
     return app
 
 

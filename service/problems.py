@@ -1,5 +1,6 @@
 """The one place that turns errors into answers: every ``ServiceError`` by the status and
-``code`` it carries, plus what FastAPI and Starlette raise themselves.
+``code`` it carries, plus what FastAPI and Starlette raise themselves. Each handler also writes
+the problem ``code`` into the request's access record (``service.access``).
 
 segserve's own routes answer problem+json (RFC 9457). The Open Inference Protocol routes
 (``/v2``...) answer the protocol's error object, ``{"error": "<message>"}`` (KServe's
@@ -9,6 +10,7 @@ inference_rest.md), with the same status except that a bad request is 400 there,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import InvalidParameter, ServiceError
+from service.semantics import slashless_route
 
 log = logging.getLogger("segserve.errors")
 
@@ -61,11 +64,16 @@ def error_answer(path: str, error: ServiceError) -> JSONResponse:
     return problem_from(error)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception that can reach the app to an answer; never leak a stack trace."""
+def install_error_handlers(
+    app: FastAPI, *, describe_invalid: Callable[[Request], None] | None = None
+) -> None:
+    """Map every exception that can reach the app to an answer; never leak a stack trace.
+    ``describe_invalid`` fills the access record of a request refused with 422 before its
+    route ran (model, version and format, where they are valid)."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        _note(request, exc.code)
         return error_answer(request.scope["path"], exc)
 
     @app.exception_handler(RequestValidationError)
@@ -75,20 +83,42 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         )
         error = InvalidParameter(details or "invalid request parameters")
+        _note(request, error.code)
+        if describe_invalid is not None:
+            describe_invalid(request)
         return error_answer(request.scope["path"], error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        _note(request, code)
         headers = dict(exc.headers or {})
         if is_oip(request.scope["path"]):
             return oip_error(exc.status_code, str(exc.detail), headers)
-        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-        return problem(exc.status_code, code, title, str(exc.detail), headers)
+        detail = _not_found_detail(request) if exc.status_code == 404 else str(exc.detail)
+        return problem(exc.status_code, code, title, detail, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        _note(request, "internal_error")
         detail = "The server failed to process the request."
         if is_oip(request.scope["path"]):
             return oip_error(500, detail)
         return problem(500, "internal_error", "Internal server error", detail)
+
+
+def _note(request: Request, code: str) -> None:
+    """Write ``code`` into the request's access record (absent when the app runs without
+    ``service.access.AccessLog``, as in a bare ``TestClient``)."""
+    record = getattr(request.state, "access", None)
+    if record is not None:
+        record.error_code = code
+
+
+def _not_found_detail(request: Request) -> str:
+    path = request.url.path
+    slashless = slashless_route(request)
+    if slashless is not None:
+        return f"no route {path}: this API has no trailing slashes; use {slashless}"
+    return f"no route {path}; see /docs for the API"

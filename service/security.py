@@ -9,7 +9,8 @@
    outside authentication so that preflights (which never carry credentials) are answered and a
    browser can read a 401.
 3. ``ApiKeyMiddleware`` — only when ``SEGSERVE_API_KEYS`` is set: ``Authorization: Bearer <key>``
-   on every path except ``SEGSERVE_AUTH_PUBLIC_PATHS`` (probes and metrics by default).
+   on every path except ``SEGSERVE_AUTH_PUBLIC_PATHS`` (probes and metrics by default) and the
+   page (``/``, ``/page/…``: files that hold no data; its calls to the API carry a key).
 4. ``BodyBudgetMiddleware`` — bounds the request bodies held at once: each upload reserves its
    declared size (the body limit when it declares none) from ``SEGSERVE_MAX_INFLIGHT_BODY_BYTES``
    and is refused with 503 ``overloaded`` when the budget is spent. Without it, memory grows
@@ -47,8 +48,16 @@ _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _EXPOSED_HEADERS = ["X-Model", "X-Model-Version", "Server-Timing", REQUEST_ID_HEADER, "Retry-After"]
 
 
-def install_security(app: FastAPI, settings: Settings) -> None:
-    """Wire the body budget, API keys, CORS and request ids into ``app`` per ``settings``."""
+def install_security(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    public_paths: Iterable[str] = (),
+    public_prefixes: Iterable[str] = (),
+) -> None:
+    """Wire the body budget, API keys, CORS and request ids into ``app`` per ``settings``.
+    ``public_paths`` (exact) and ``public_prefixes`` are served without a key besides
+    ``settings.auth_public_paths``: the app's own pages that hold no data."""
     # add_middleware wraps what is already there: the last one added is the outermost.
     app.add_middleware(
         BodyBudgetMiddleware,
@@ -59,7 +68,8 @@ def install_security(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(
             ApiKeyMiddleware,
             keys=[key.get_secret_value() for key in settings.api_keys],
-            public_paths=settings.auth_public_paths,
+            public_paths=(*settings.auth_public_paths, *public_paths),
+            public_prefixes=public_prefixes,
         )
     if settings.cors_origins:
         app.add_middleware(
@@ -77,16 +87,24 @@ def install_security(app: FastAPI, settings: Settings) -> None:
 class ApiKeyMiddleware:
     """Refuse requests without a valid ``Authorization: Bearer <key>`` with 401 problem+json."""
 
-    def __init__(self, app: ASGIApp, *, keys: Iterable[str], public_paths: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: Iterable[str],
+        public_paths: Iterable[str],
+        public_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         # Compare fixed-length digests so neither a key's content nor its length leaks by timing.
         self._key_digests = [_digest(key.encode()) for key in keys]
         self._public_paths = frozenset(public_paths)
+        self._public_prefixes = tuple(public_prefixes)
         if not self._key_digests:
             raise ValueError("ApiKeyMiddleware needs at least one key")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._public_paths:
+        if scope["type"] != "http" or self._is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = _bearer_token(scope)
@@ -113,6 +131,9 @@ class ApiKeyMiddleware:
                 headers={"WWW-Authenticate": 'Bearer realm="segserve", error="invalid_token"'},
             )
         await error_answer(scope["path"], error)(scope, receive, send)
+
+    def _is_public(self, path: str) -> bool:
+        return path in self._public_paths or path.startswith(self._public_prefixes)
 
     def _is_valid(self, token: bytes) -> bool:
         digest = _digest(token)

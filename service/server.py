@@ -20,6 +20,9 @@ from service.settings import Settings
 
 log = logging.getLogger("segserve")
 
+# Exit status when the listen address cannot be had (uvicorn's own start-up failure status).
+EXIT_CANNOT_LISTEN = 3
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn, plus: SIGTERM turns /readyz 503 at once and keeps serving ``drain_delay_s`` (so
@@ -54,6 +57,10 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            log.info("listening on http://%s:%d: the page at /, the API at /docs", host, port)
         if self.started and self.on_listening is not None:
             self.on_listening()
 
@@ -86,6 +93,18 @@ def serve(
     Under ``service.processes``: ``sockets`` are bound to the port and not yet listening (they
     replace binding ``host``:``port``), ``on_listening`` is called once this process listens and
     ``all_listening`` says whether every process does (readiness waits for it)."""
+    if sockets is None:
+        try:
+            sockets = [_bound_socket(settings.host, settings.port)]
+        except OSError as exc:
+            log.error(
+                "cannot listen on %s:%d (%s); choose a free port with SEGSERVE_PORT "
+                "(or another address with SEGSERVE_HOST)",
+                settings.host,
+                settings.port,
+                exc.strerror or exc,
+            )
+            return EXIT_CANNOT_LISTEN
     try:
         repository = ModelRepository.scan(settings.model_repository, settings.default_model)
     except ModelLoadError as exc:
@@ -107,3 +126,19 @@ def serve(
     if not server.started:
         return 1
     return server.exit_code
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port``, not yet listening (uvicorn listens on it). Bound
+    here, before any model loads, so a port in use ends the process at once with one line."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

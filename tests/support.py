@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -254,3 +255,16 @@ def oip_client(server: Server) -> InferenceServerClient:
     from tritonclient.http import InferenceServerClient
 
     return InferenceServerClient(server.base_url.removeprefix("http://"))
+
+
+def access_line(server: Server, request_id: str, timeout: float = 5.0) -> dict:
+    """The one access-log line of the request sent with ``X-Request-ID: request_id`` (written
+    just after the answer is sent, so it is waited for)."""
+
+    def lines() -> list[dict]:
+        found = [json.loads(line) for line in server.log().splitlines() if request_id in line]
+        return [line for line in found if line.get("logger") == "segserve.access"]
+
+    wait_for(lambda: bool(lines()), timeout)
+    (line,) = lines()
+    return line

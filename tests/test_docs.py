@@ -1,15 +1,19 @@
-"""The documentation stays true to the code: every setting (with its default) and every metric."""
+"""The documentation stays true to the code: every setting (with its default), every metric, the
+bundled model's figures, the examples' arithmetic and the exit statuses."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import onnx
 import pytest
 from prometheus_client import Counter
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import metrics
+from service.model_card import ModelCard
 from service.settings import Settings
 from tests.support import ROOT
 
@@ -57,3 +61,52 @@ def test_every_metric_is_documented() -> None:
             # A counter is exposed with the suffix _total.
             exposed = f"{metric.name}_total" if isinstance(collector, Counter) else metric.name
             assert f"`{exposed}`" in api_md, exposed
+
+
+def json_example_after(path: Path, heading: str) -> dict:
+    """The first ```json block after ``heading`` in ``path``."""
+    text = path.read_text()
+    block = re.search(r"```json\n(.*?)\n```", text[text.index(heading) :], re.S)
+    assert block is not None, heading
+    return json.loads(block.group(1))
+
+
+def test_readme_curl_examples_write_outside_the_checkout() -> None:
+    outputs = re.findall(r"^curl .* -o (\S+)", (ROOT / "README.md").read_text(), re.M)
+    assert outputs
+    for output in outputs:
+        assert Path(output).is_absolute(), output
+        assert not Path(output).is_relative_to(ROOT), output
+
+
+def test_the_models_example_shows_the_bundled_models_card() -> None:
+    example = json_example_after(ROOT / "docs" / "API.md", "## GET /models")
+    model = onnx.load(ROOT / "models" / "shapes-fcn" / "1" / "model.onnx", load_external_data=False)
+    card = ModelCard.from_metadata({p.key: p.value for p in model.metadata_props})
+    (version,) = example["versions"]
+    assert example["name"] == card.name
+    assert version["description"] == card.description
+    assert version["classes"] == [c.model_dump(mode="json") for c in card.classes]
+    spec = card.input.model_dump(mode="json")
+    assert version["input"] == {key: spec[key] for key in version["input"]}
+    assert version["output"] == card.output.kind
+    assert version["normalization"]["mean"] == list(card.input.mean)
+    assert version["normalization"]["std"] == list(card.input.std)
+    assert card.training is not None
+    training = card.training.model_dump(mode="json")
+    assert {key: training[key] for key in version["training"]} == version["training"]
+
+
+def test_the_rle_example_areas_add_up_to_the_image() -> None:
+    example = json_example_after(ROOT / "docs" / "API.md", "### format=rle")
+    assert sum(m["area"] for m in example["masks"]) == example["width"] * example["height"]
+    for entry in example["masks"]:
+        assert entry["rle"]["size"] == [example["height"], example["width"]]
+
+
+def test_readme_lists_every_exit_status_of_the_server() -> None:
+    readme = (ROOT / "README.md").read_text()
+    exits = readme[readme.index("`python -m service` exits") :].split("\n\n")[0]
+    for status in ("0 after", "1 when", "2 for", "3 when"):
+        assert status in exits
+    assert "SEGSERVE_PORT" in exits

@@ -17,16 +17,19 @@ SERVICE = ROOT / "service"
 EDGE = {
     "access",
     "api",
+    "apidocs",
     "app",
     "oip",
     "oip_infer",
     "oip_wire",
     "openapi",
+    "page",
     "problems",
     "protocol",
     "repository_api",
     "schemas",
     "security",
+    "semantics",
     "server",
 }
 CORE = {
