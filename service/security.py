@@ -79,18 +79,15 @@ class ApiKeyMiddleware:
 
     def __init__(self, app: ASGIApp, *, keys: Iterable[str], public_paths: Iterable[str]) -> None:
         self.app = app
-        # Compare fixed-length digests so neither a key's content nor its length leaks by timing.
-        self._key_digests = [_digest(key.encode()) for key in keys]
+        self._keys = ApiKeys(keys)
         self._public_paths = frozenset(public_paths)
-        if not self._key_digests:
-            raise ValueError("ApiKeyMiddleware needs at least one key")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._public_paths:
             await self.app(scope, receive, send)
             return
-        token = _bearer_token(scope)
-        if token is not None and self._is_valid(token):
+        token = bearer_token(_header(scope, b"authorization"))
+        if token is not None and self._keys.is_valid(token):
             await self.app(scope, receive, send)
             return
         # The access log sits inside this middleware, so refusals are logged here.
@@ -114,7 +111,17 @@ class ApiKeyMiddleware:
             )
         await error_answer(scope["path"], error)(scope, receive, send)
 
-    def _is_valid(self, token: bytes) -> bool:
+
+class ApiKeys:
+    """The configured API keys (at least one); ``is_valid`` tells a good token from others."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        # Compare fixed-length digests so neither a key's content nor its length leaks by timing.
+        self._key_digests = [_digest(key.encode()) for key in keys]
+        if not self._key_digests:
+            raise ValueError("ApiKeys needs at least one key")
+
+    def is_valid(self, token: bytes) -> bool:
         digest = _digest(token)
         valid = False
         for key_digest in self._key_digests:  # no early exit: the time does not say which key
@@ -209,8 +216,8 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _bearer_token(scope: Scope) -> bytes | None:
-    authorization = _header(scope, b"authorization")
+def bearer_token(authorization: bytes | None) -> bytes | None:
+    """The key in an ``Authorization: Bearer <key>`` value; None for any other value."""
     if authorization is None:
         return None
     scheme, _, token = authorization.strip().partition(b" ")
