@@ -2,6 +2,7 @@
 
     python -m bench.loadtest --concurrency 32 --duration 20
     python -m bench.loadtest --rate 50 --requests 2000 --server-pid 1234 --json out.json
+    python -m bench.loadtest --oip-model shapes-fcn --client raw  # POST /v2/models/{m}/infer
 
 Closed loop keeps ``concurrency`` requests in flight: it measures the most a server can do.
 Open loop sends at a fixed mean rate whatever the server does, and times each request from its
@@ -25,6 +26,7 @@ import ipaddress
 import json
 import random
 import socket
+import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +37,7 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from bench import procstat
+from bench import oip_body, procstat
 from bench.images import sample_jpeg
 from bench.transport import HttpxTransport, RawTransport, Transport
 
@@ -65,6 +67,10 @@ class LoadSpec:
     rss_every: int | None = None  # record the server's RSS every N completed requests
     progress: bool = True
     seed: int = 0
+    # The Open Inference Protocol instead of /segment: this model's infer route, the image as
+    # BYTES and the png output as binary data (or both as base64 JSON: bench.oip_body).
+    oip_model: str | None = None
+    oip_base64: bool = False
 
     @property
     def mode(self) -> str:
@@ -168,6 +174,8 @@ class _Recorder:
 
 def request_body(spec: LoadSpec) -> tuple[bytes, dict[str, str]]:
     """The request body and headers, built once for the whole run."""
+    if spec.oip_model is not None:
+        return oip_body.infer_request(spec.body, base64_json=spec.oip_base64)
     if not spec.multipart:
         return spec.body, {"content-type": spec.content_type}
     boundary = "segserve-bench-5f0c1b9e"
@@ -281,9 +289,20 @@ def check_answer(body: bytes, fmt: str, size: tuple[int, int]) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _check(body: bytes, spec: LoadSpec, size: tuple[int, int]) -> str | None:
+    if spec.oip_model is not None:
+        try:
+            body = oip_body.png_of(body)
+        except (ValueError, KeyError, IndexError, struct.error) as exc:
+            return f"not an OIP answer with a png: {exc!r}"
+    return check_answer(body, spec.format, size)
+
+
 async def _run(spec: LoadSpec) -> LoadResult:
     require_loopback(spec.base_url)
     url = f"{spec.base_url.rstrip('/')}/segment?{urlencode([('format', spec.format), *spec.query])}"
+    if spec.oip_model is not None:
+        url = f"{spec.base_url.rstrip('/')}/v2/models/{spec.oip_model}/infer"
     content, headers = request_body(spec)
     connections = spec.concurrency if spec.mode == "closed" else MAX_IN_FLIGHT_OPEN_LOOP
     transport: Transport = (
@@ -319,7 +338,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
         await transport.aclose()
 
     size = Image.open(io.BytesIO(spec.body)).size
-    failures = [f for b in recorder.samples if (f := check_answer(b, spec.format, size))]
+    failures = [f for b in recorder.samples if (f := _check(b, spec, size))]
     lat = np.asarray(recorder.latencies) * 1000.0
     ok = recorder.statuses.get("200", 0)
     result = LoadResult(
@@ -385,6 +404,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--format", default="png", choices=["png", "rle", "overlay"])
     parser.add_argument("--multipart", action="store_true", help="multipart/form-data upload")
+    parser.add_argument("--oip-model", help="POST an OIP infer request for this model (png out)")
+    parser.add_argument(
+        "--oip-base64", action="store_true", help="OIP as base64 JSON (servers without binary)"
+    )
     parser.add_argument(
         "--query",
         action="append",
@@ -431,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
         server_pid=args.server_pid,
         rss_every=args.rss_every,
         progress=not args.no_progress,
+        oip_model=args.oip_model,
+        oip_base64=args.oip_base64,
     )
     result = run(spec)
     row = result.markdown_row(args.label)

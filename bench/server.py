@@ -28,9 +28,14 @@ FRAMEWORK_PYTHON = {
     "litserve": os.environ.get("LITSERVE_PYTHON", "/tmp/litserve-venv/bin/python"),
     "bentoml": os.environ.get("BENTOML_PYTHON", "/tmp/bentoml-venv/bin/python"),
     "rayserve": os.environ.get("RAYSERVE_PYTHON", "/tmp/rayserve-venv/bin/python"),
+    # Open Inference Protocol peers (bench.oip_peers).
+    "kserve": os.environ.get("KSERVE_PYTHON", "/tmp/kserve-venv/bin/python"),
+    "mlserver": os.environ.get("MLSERVER_PYTHON", "/tmp/mlserver-venv/bin/python"),
 }
 # Servers that take the image as multipart/form-data only.
-MULTIPART_ONLY = frozenset(FRAMEWORK_PYTHON)
+MULTIPART_ONLY = frozenset({"litserve", "bentoml", "rayserve"})
+# Where a server says it is ready, when not at /readyz: the OIP peers' health route.
+READY_PATHS = {"kserve": "/v2/health/ready", "mlserver": "/v2/health/ready"}
 
 
 @dataclass
@@ -218,7 +223,8 @@ def _wait_ready(server: RunningServer, timeout_s: float) -> None:
                 f"{server.log_path.read_text(errors='replace')[-4000:]}"
             )
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
+            ready_url = server.base_url + READY_PATHS.get(server.kind, "/readyz")
+            if httpx.get(ready_url, timeout=1.0).status_code == 200:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{server.kind} not ready after {timeout_s}s")

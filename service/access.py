@@ -69,7 +69,8 @@ class AccessLog:
             latency = time.monotonic() - record.arrived
             if counted:
                 metrics.IN_FLIGHT.dec()
-                _observe_inference(record, status, latency)
+                reason = record.error_code or _REASONS.get(status)
+                metrics.observe_request(record.model, record.format, status, latency, reason)
             log.log(
                 logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
                 "%s %s %d",
@@ -92,12 +93,3 @@ class AccessLog:
 def is_inference(path: str) -> bool:
     """Whether ``path`` asks for masks: ``/segment`` or an OIP ``/v2/models/{m}[...]/infer``."""
     return path == SEGMENT_PATH or (path.startswith(_OIP_MODELS) and path.endswith(_OIP_INFER))
-
-
-def _observe_inference(record: AccessRecord, status: int, latency: float) -> None:
-    metrics.REQUESTS.labels(record.model, record.format, str(status)).inc()
-    if status < 400:
-        metrics.REQUEST_LATENCY.labels(record.model, record.format).observe(latency)
-    else:
-        reason = record.error_code or _REASONS.get(status, f"http_{status}")
-        metrics.REJECTIONS.labels(record.model, reason).inc()

@@ -1,10 +1,12 @@
-"""The application factory: the core (``service.core.Service``) behind its HTTP front doors,
-segserve's own API (``service.api``) and the Open Inference Protocol (``service.oip``).
+"""The application factory: the core (``service.core.Service``) behind its front doors,
+segserve's own API (``service.api``) and the Open Inference Protocol over HTTP (``service.oip``)
+and, with ``SEGSERVE_GRPC_PORT``, over gRPC (``service.oip_grpc``) on the same event loop.
 
 ``create_app`` is given the scanned repository (a missing or empty one fails before serving).
 The lifespan starts loading in the background so ``/healthz`` answers at once (with several
 processes, see ``service.processes``, each waits for its models before it accepts); the
-lifespan's end drains the batchers and closes the sessions.
+lifespan's end stops the gRPC server (its running calls finish), then drains the batchers and
+closes the sessions.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import api, apidocs, oip, page, repository_api
+from service import api, apidocs, oip, oip_grpc, page, repository_api
 from service.access import AccessLog
 from service.control import ModelControl
 from service.core import Service, lone_process
@@ -38,17 +40,22 @@ def create_app(
     control = ModelControl(service)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(service.load(), name="load-models")
         if settings.processes > 1:
             # Processes share the port: uvicorn listens once this returns, so no request meets
             # a process that is still loading (service/processes.py).
             await asyncio.shield(loading)
         polling = asyncio.create_task(_after(loading, control, settings), name="model-control")
+        grpc_server = None
+        if settings.grpc_port is not None:
+            grpc_server = await oip_grpc.start_grpc(service, settings, app.version)
         try:
             yield
         finally:
             polling.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_timeout_s)
             await loading  # sessions being created finish before we close them
             await control.close()
             await service.close()

@@ -83,6 +83,19 @@ MODEL_INFO = Gauge(
 )
 
 
+def observe_request(
+    model: str, fmt: str, status: int, latency_s: float, reason: str | None = None
+) -> None:
+    """One finished inference request (any door): counted by its HTTP ``status`` (a gRPC door's
+    error counts by the HTTP status of the same error), its latency when it succeeded, else a
+    rejection for ``reason`` (the error code; ``http_<status>`` when there is none)."""
+    REQUESTS.labels(model, fmt, str(status)).inc()
+    if status < 400:
+        REQUEST_LATENCY.labels(model, fmt).observe(latency_s)
+    else:
+        REJECTIONS.labels(model, reason or f"http_{status}").inc()
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition (of every server process, when there are several) and its type."""
     if os.environ.get(MULTIPROCESS_DIR_ENV):

@@ -1,37 +1,32 @@
 """The Open Inference Protocol's REST routes (KServe V2, as Triton and KServe serve them): health,
 server and model metadata, the Triton-style model config that ``perf_analyzer`` reads, and
-``infer`` (``service.oip_infer``).
-
-A served model has two optional inputs (a request sends exactly one) and three outputs:
-
-    image   BYTES [N]            encoded images, decoded as /segment decodes them
-    input   FP32|FP16 [N,3,H,W]  images the client prepared itself, at the model's input size
-    labels  UINT8 [N,H,W]        class ids at each image's size (one size per request)
-    png     BYTES [N]            the palette PNG of /segment?format=png
-    rle     BYTES [N]            the JSON text of /segment?format=rle
+``infer``: the body read by ``service.oip_wire``, the model side in ``service.oip_infer``, which
+the gRPC door (``service.oip_grpc``) shares.
 
 Errors are raised as ``service.errors``; ``service.problems`` answers them as ``{"error": ...}``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import oip_infer
+from service import oip_infer, oip_wire
+from service.access import access_record
 from service.core import Service
-from service.oip_infer import IMAGE, INPUT, model_version, served_model
+from service.errors import InvalidRequest, ServiceError
+from service.oip_infer import DTYPES, IMAGE, INPUT, OUTPUTS, PLATFORM, model_version, served_model
+from service.protocol import disconnected, read_body
 
 router = APIRouter(prefix="/v2", include_in_schema=False)  # the protocol's own spec documents it
-for _path in ("/models/{name}/infer", "/models/{name}/versions/{version}/infer"):
-    router.add_api_route(_path, oip_infer.infer, methods=["POST"])
 
-PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
 # Really supported: binary tensor data, and GET .../config (Triton's model configuration).
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-_DTYPES = {"float32": "FP32", "float16": "FP16"}
 
 
 # -- health and metadata ------------------------------------------------------------------------
@@ -57,23 +52,7 @@ async def server_ready(request: Request) -> Response:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Any:
-    served = served_model(request.app.state.service, name, version)
-    spec = served.card.input
-    shape = [-1, 3, spec.height, spec.width]
-    return {
-        "name": name,
-        "versions": _versions(request, name),
-        "platform": PLATFORM,
-        "inputs": [
-            {"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
-            {"name": INPUT, "datatype": _DTYPES[spec.dtype], "shape": shape},
-        ],
-        "outputs": [
-            {"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]},
-            {"name": "png", "datatype": "BYTES", "shape": [-1]},
-            {"name": "rle", "datatype": "BYTES", "shape": [-1]},
-        ],
-    }
+    return dataclasses.asdict(oip_infer.model_metadata(request.app.state.service, name, version))
 
 
 @router.get("/models/{name}/ready")
@@ -105,7 +84,7 @@ async def model_config(request: Request, name: str, version: str | None = None) 
             {"name": IMAGE, "data_type": "TYPE_STRING", "optional": True, **scalar},
             {
                 "name": INPUT,
-                "data_type": f"TYPE_{_DTYPES[spec.dtype]}",
+                "data_type": f"TYPE_{DTYPES[spec.dtype]}",
                 "dims": [3, spec.height, spec.width],
                 "optional": True,
             },
@@ -131,6 +110,72 @@ async def model_config(request: Request, name: str, version: str | None = None) 
     }
 
 
-def _versions(request: Request, name: str) -> list[str]:
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    """One ``$inference_request`` in, its ``$inference_response`` out (JSON, or JSON followed by
+    binary data with ``Inference-Header-Content-Length``)."""
     service: Service = request.app.state.service
-    return [str(v) for v in service.repository.versions[name]]
+    record = access_record(request)
+    try:
+        with oip_infer.leased_model(service, name, version) as served:
+            # Labelled only once resolved: a client's made-up names never become metric labels.
+            record.model, record.version = served.ref.name, str(served.ref.version)
+            served.batcher.check_capacity()  # a full queue refuses before the upload is read
+            body = await read_body(request, service.settings.max_body_bytes)
+            parsed = oip_wire.read_request(
+                body, request.headers.get("inference-header-content-length")
+            )
+            binary = _binary_outputs(parsed)
+            record.format = oip_infer.format_label(binary)
+            timeout_s = oip_infer.timeout_s(parsed.parameters, service.settings.request_timeout_s)
+            tensor = oip_infer.the_input(parsed.inputs, served)
+            gone = asyncio.ensure_future(disconnected(request))  # one watcher for all the images
+
+            def client_gone() -> Awaitable[None]:
+                return asyncio.shield(gone)
+
+            try:
+                outputs = await oip_infer.run(
+                    service,
+                    served,
+                    tensor,
+                    tuple(binary),
+                    deadline=record.arrived + timeout_s,
+                    client_gone=client_gone,
+                )
+            finally:
+                gone.cancel()
+    except ServiceError as exc:
+        record.error_code = exc.code
+        raise
+    head: dict[str, Any] = {"model_name": served.ref.name, "model_version": str(served.ref.version)}
+    if parsed.id is not None:
+        head["id"] = parsed.id
+    content, header_length = oip_wire.write_response(head, outputs, binary)
+    headers = {"X-Model": served.ref.name, "X-Model-Version": str(served.ref.version)}
+    if header_length is None:
+        return Response(content, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(header_length)
+    return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+def _binary_outputs(parsed: oip_wire.Request) -> dict[str, bool]:
+    """Output name -> whether it goes as binary data. No ``outputs``: all of them (``png``
+    only when binary: a PNG is not text, so a JSON answer cannot carry it)."""
+    default_binary = parsed.parameters.get("binary_data_output") is True
+    if parsed.outputs is None:
+        return {n: default_binary for n in OUTPUTS if default_binary or n != "png"}
+    oip_infer.check_outputs([out.name for out in parsed.outputs])
+    wanted: dict[str, bool] = {}
+    for out in parsed.outputs:
+        binary = out.parameters.get("binary_data", default_binary)
+        if not isinstance(binary, bool):
+            raise InvalidRequest(f"output '{out.name}': binary_data must be true or false")
+        if out.name == "png" and not binary:
+            raise InvalidRequest(
+                "output 'png' holds PNG files, which JSON cannot carry: request it with "
+                'parameters {"binary_data": true}'
+            )
+        wanted[out.name] = binary
+    return wanted

@@ -1,35 +1,65 @@
-"""The Open Inference Protocol's ``infer`` (``POST /v2/models/{m}[/versions/{v}]/infer``): the
-request read and checked against the model's metadata (``service.oip``), every image through
-``service.pipeline`` on its own, so that it batches with other requests' images, and the wanted
-outputs of each encoded on the worker threads.
+"""The Open Inference Protocol's model side, whichever door a request came through (REST:
+``service.oip``, gRPC: ``service.oip_grpc``): a model's metadata, the one input of an infer
+request checked against it, every image through ``service.pipeline`` on its own (so that it
+batches with other requests' images) and the wanted outputs of each encoded on the worker
+threads. Nothing here knows HTTP or gRPC.
+
+A served model has two optional inputs (a request sends exactly one) and three outputs:
+
+    image   BYTES [N]            encoded images, decoded as /segment decodes them
+    input   FP32|FP16 [N,3,H,W]  images the client prepared itself, at the model's input size
+    labels  UINT8 [N,H,W]        class ids at each image's size (one size per request)
+    png     BYTES [N]            the palette PNG of /segment?format=png
+    rle     BYTES [N]            the JSON text of /segment?format=rle
+
+    served = served_model(service, name, version)  # ModelNotFound, NotReady
+    names = check_outputs(["png"])  # None: every output
+    tensor = the_input(inputs, served)  # InvalidRequest unless one input fits the model
+    outputs = await run(service, served, tensor, names, deadline=t)  # list[OutputTensor]
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import Request, Response
 
-from service import masks, oip_wire, pipeline
-from service.access import access_record
+from service import masks, pipeline
 from service.core import ServedModel, Service
-from service.errors import InvalidRequest, ModelNotFound, ServiceError
-from service.oip_wire import InputTensor, OutputTensor
-from service.oip_wire import Request as InferenceRequest
+from service.errors import InvalidRequest, ModelNotFound
+from service.oip_tensors import InputTensor, OutputTensor, byte_elements, numeric_array
 from service.pipeline import OutputFormat
-from service.protocol import disconnected, read_body
 
 IMAGE, INPUT = "image", "input"
 OUTPUTS = ("labels", "png", "rle")  # the order outputs are returned in by default
+PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
+DTYPES = {"float32": "FP32", "float16": "FP16"}  # the card's input dtype as the protocol's
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]  # -1: any size
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
 def model_version(version: str | None) -> int | None:
-    """The version a path names (None: the latest); ModelNotFound for a non-integer."""
-    if version is None:
+    """The version a request names (None or "": the latest); ModelNotFound for a non-integer."""
+    if not version:
         return None
     if not version.isdigit() or int(version) < 1:
         raise ModelNotFound(f"no model version '{version}': versions are integers >= 1")
@@ -40,64 +70,55 @@ def served_model(service: Service, name: str, version: str | None) -> ServedMode
     return service.model(name, model_version(version))
 
 
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    """One ``$inference_request`` in, its ``$inference_response`` out (JSON, or JSON followed by
-    binary data with ``Inference-Header-Content-Length``)."""
-    service: Service = request.app.state.service
-    record = access_record(request)
-    try:
-        served = served_model(service, name, version)
-        # Labelled only once resolved: a client's made-up names never become metric labels.
-        record.model, record.version = served.ref.name, str(served.ref.version)
-        served.batcher.check_capacity()  # a full queue refuses before the upload is read
-        body = await read_body(request, service.settings.max_body_bytes)
-        parsed = oip_wire.read_request(body, request.headers.get("inference-header-content-length"))
-        wanted = _requested_outputs(parsed)
-        record.format = "+".join(n for n in OUTPUTS if n in wanted)
-        deadline = record.arrived + _timeout_s(parsed, service.settings.request_timeout_s)
-        outputs = await _run(service, served, request, _the_input(parsed, served), wanted, deadline)
-    except ServiceError as exc:
-        record.error_code = exc.code
-        raise
-    head: dict[str, Any] = {"model_name": served.ref.name, "model_version": str(served.ref.version)}
-    if parsed.id is not None:
-        head["id"] = parsed.id
-    content, header_length = oip_wire.write_response(head, outputs)
-    headers = {"X-Model": served.ref.name, "X-Model-Version": str(served.ref.version)}
-    if header_length is None:
-        return Response(content, media_type="application/json", headers=headers)
-    headers["Inference-Header-Content-Length"] = str(header_length)
-    return Response(content, media_type="application/octet-stream", headers=headers)
+def leased_model(
+    service: Service, name: str, version: str | None
+) -> contextlib.AbstractContextManager[ServedModel]:
+    """``served_model`` held for an inference: a version swapped out meanwhile (model control)
+    still answers it."""
+    return service.lease(name, model_version(version))
 
 
-def _requested_outputs(parsed: InferenceRequest) -> dict[str, bool]:
-    """Output name -> whether it goes as binary data. No ``outputs``: all of them (``png``
-    only when binary: a PNG is not text, so a JSON answer cannot carry it)."""
-    default_binary = parsed.parameters.get("binary_data_output") is True
-    if parsed.outputs is None:
-        return {n: default_binary for n in OUTPUTS if default_binary or n != "png"}
-    wanted: dict[str, bool] = {}
-    for out in parsed.outputs:
-        if out.name not in OUTPUTS:
-            raise InvalidRequest(f"unknown output '{out.name}' (outputs: {', '.join(OUTPUTS)})")
-        if out.name in wanted:
-            raise InvalidRequest(f"output '{out.name}' is requested twice")
-        binary = out.parameters.get("binary_data", default_binary)
-        if not isinstance(binary, bool):
-            raise InvalidRequest(f"output '{out.name}': binary_data must be true or false")
-        if out.name == "png" and not binary:
-            raise InvalidRequest(
-                "output 'png' holds PNG files, which JSON cannot carry: request it with "
-                'parameters {"binary_data": true}'
-            )
-        wanted[out.name] = binary
-    return wanted
+def model_metadata(service: Service, name: str, version: str | None) -> ModelMetadata:
+    """What the protocol's model metadata says of ``name``; raises as ``served_model``."""
+    spec = served_model(service, name, version).card.input
+    return ModelMetadata(
+        name=name,
+        versions=[str(v) for v in service.repository.versions[name]],
+        platform=PLATFORM,
+        inputs=[
+            TensorMetadata(IMAGE, "BYTES", [-1]),
+            TensorMetadata(INPUT, DTYPES[spec.dtype], [-1, 3, spec.height, spec.width]),
+        ],
+        outputs=[
+            TensorMetadata("labels", "UINT8", [-1, -1, -1]),
+            TensorMetadata("png", "BYTES", [-1]),
+            TensorMetadata("rle", "BYTES", [-1]),
+        ],
+    )
 
 
-def _timeout_s(parsed: InferenceRequest, limit_s: float) -> float:
+def check_outputs(names: list[str] | None) -> tuple[str, ...]:
+    """The outputs a request asks for, in its order (None: every one). Raises InvalidRequest
+    for an unknown or repeated name."""
+    if names is None:
+        return OUTPUTS
+    for i, name in enumerate(names):
+        if name not in OUTPUTS:
+            raise InvalidRequest(f"unknown output '{name}' (outputs: {', '.join(OUTPUTS)})")
+        if name in names[:i]:
+            raise InvalidRequest(f"output '{name}' is requested twice")
+    return tuple(names)
+
+
+def format_label(names: Iterable[str]) -> str:
+    """The metrics' ``format`` of a request for these outputs: "labels+png", ..."""
+    return "+".join(n for n in OUTPUTS if n in names)
+
+
+def timeout_s(parameters: Mapping[str, Any], limit_s: float) -> float:
     """The server's request timeout, shortened by the request's ``timeout`` parameter
     (microseconds, as tritonclient sends it)."""
-    timeout_us = parsed.parameters.get("timeout")
+    timeout_us = parameters.get("timeout")
     if timeout_us is None:
         return limit_s
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us <= 0:
@@ -105,11 +126,11 @@ def _timeout_s(parsed: InferenceRequest, limit_s: float) -> float:
     return min(limit_s, timeout_us / 1e6)
 
 
-def _the_input(parsed: InferenceRequest, served: ServedModel) -> InputTensor:
+def the_input(inputs: list[InputTensor], served: ServedModel) -> InputTensor:
     """The request's one input, checked against the model's metadata."""
-    if len(parsed.inputs) != 1:
+    if len(inputs) != 1:
         raise InvalidRequest(f"send exactly one input, '{IMAGE}' or '{INPUT}'")
-    (tensor,) = parsed.inputs
+    (tensor,) = inputs
     spec = served.card.input
     if tensor.name == IMAGE:
         if tensor.datatype != "BYTES" or len(tensor.shape) != 1:
@@ -137,55 +158,45 @@ def _the_input(parsed: InferenceRequest, served: ServedModel) -> InputTensor:
     return tensor
 
 
-async def _run(
+async def run(
     service: Service,
     served: ServedModel,
-    request: Request,
     tensor: InputTensor,
-    wanted: dict[str, bool],
+    names: tuple[str, ...],
+    *,
     deadline: float,
+    client_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> list[OutputTensor]:
     """Every image through the pipeline, each on its own so it batches with other requests';
-    then the wanted outputs of each, encoded on the worker threads."""
-    gone = asyncio.ensure_future(disconnected(request))  # one watcher for all the images
-
-    def client_gone() -> Awaitable[None]:
-        return asyncio.shield(gone)
-
-    try:
-        if tensor.name == IMAGE:
-            labelled = await _all(
-                pipeline.label_image(
-                    service,
-                    served,
-                    data,
-                    OutputFormat.png,
-                    deadline=deadline,
-                    client_gone=client_gone,
-                )
-                for data in oip_wire.byte_elements(tensor)
+    then the outputs ``names`` of each, encoded on the worker threads. ``deadline`` and
+    ``client_gone`` as ``pipeline.segment`` takes them; raises as it does, and InvalidRequest
+    for images of different sizes when ``labels`` is wanted."""
+    if tensor.name == IMAGE:
+        labelled = await _all(
+            pipeline.label_image(
+                service, served, data, OutputFormat.png, deadline=deadline, client_gone=client_gone
             )
-            found = [(item.labels, item.decoded.size) for item in labelled]
-        else:
-            spec = served.card.input
-            labels = await _all(
-                pipeline.label_input(service, served, x, deadline=deadline, client_gone=client_gone)
-                for x in oip_wire.numeric_array(tensor)
-            )
-            found = [(item, (spec.width, spec.height)) for item in labels]
-    finally:
-        gone.cancel()
+            for data in byte_elements(tensor)
+        )
+        found = [(item.labels, item.decoded.size) for item in labelled]
+    else:
+        spec = served.card.input
+        labels = await _all(
+            pipeline.label_input(service, served, x, deadline=deadline, client_gone=client_gone)
+            for x in numeric_array(tensor)
+        )
+        found = [(item, (spec.width, spec.height)) for item in labels]
     sizes = {size for _, size in found}
-    if "labels" in wanted and len(sizes) > 1:
+    if "labels" in names and len(sizes) > 1:
         raise InvalidRequest(
             f"the images have different sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}) "
             "and 'labels' is one [N,H,W] tensor: send them in separate requests, or ask for "
             "'png' or 'rle' only"
         )
     encoded = await _all(
-        service.run_cpu(_encode, labels, size, served, tuple(wanted)) for labels, size in found
+        service.run_cpu(_encode, labels, size, served, names) for labels, size in found
     )
-    return [_output(name, binary, encoded) for name, binary in wanted.items()]
+    return [_output(name, encoded) for name in names]
 
 
 async def _all(coroutines: Iterable[Awaitable[T]]) -> list[T]:
@@ -212,13 +223,8 @@ def _encode(
     return out
 
 
-def _output(name: str, binary: bool, encoded: list[dict[str, Any]]) -> OutputTensor:
+def _output(name: str, encoded: list[dict[str, Any]]) -> OutputTensor:
     """Output ``name`` of every image, as one tensor."""
     if name == "labels":
-        stacked = np.stack([e[name] for e in encoded])
-        data = [] if binary else stacked.ravel().tolist()
-        return OutputTensor(name, "UINT8", stacked.shape, binary, stacked.tobytes(), data)
-    elements: list[bytes] = [e[name] for e in encoded]
-    raw = oip_wire.bytes_tensor(elements) if binary else b""
-    data = [] if binary else [e.decode() for e in elements]
-    return OutputTensor(name, "BYTES", (len(elements),), binary, raw, data)
+        return OutputTensor.of_labels(np.stack([e[name] for e in encoded]))
+    return OutputTensor.of_bytes(name, [e[name] for e in encoded])

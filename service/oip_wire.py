@@ -8,19 +8,17 @@ the binary data of every input that has ``parameters.binary_data_size``, in inpu
 endian, row major; a BYTES element is a 4-byte unsigned length followed by its bytes.
 
     request = read_request(body, header_length)  # raises InvalidRequest for any breach
-    images = byte_elements(request.inputs[0])  # list[bytes] of a BYTES tensor
-    x = numeric_array(request.inputs[0])  # np.ndarray of an FP32/FP16 tensor, its shape
-    body, header_length = write_response(head, [OutputTensor("labels", "UINT8", ...)])
+    body, header_length = write_response(head, outputs, binary={"png": True, "rle": False})
+
+The tensors themselves (``InputTensor``, ``OutputTensor``, raw BYTES) are ``service.oip_tensors``,
+which the gRPC door shares.
 """
 
 from __future__ import annotations
 
-import math
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 from pydantic import (
     BaseModel,
@@ -34,14 +32,9 @@ from pydantic import (
 )
 
 from service.errors import InvalidRequest
+from service.oip_tensors import InputTensor, OutputTensor
 
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
-NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype("<f4"),
-    "FP16": np.dtype("<f2"),
-    "UINT8": np.dtype("u1"),
-}
-_LENGTH = struct.Struct("<I")
 
 
 class RequestInput(BaseModel):
@@ -73,34 +66,11 @@ class InferenceRequest(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class InputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: Any  # the JSON "data", when the tensor came as JSON
-    raw: bytes | None  # its binary data, when it came with binary_data_size
-
-    @property
-    def count(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True, slots=True)
 class Request:
     id: str | None
     parameters: dict[str, Parameter]
     inputs: list[InputTensor]
     outputs: list[RequestOutput] | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    binary: bool
-    raw: bytes  # the binary form (BYTES: length-prefixed elements)
-    data: list[Any]  # the JSON form, used when not ``binary``
 
 
 def read_request(body: bytes, header_length: str | None) -> Request:
@@ -168,95 +138,21 @@ def _summary(exc: ValidationError) -> str:
     return shown + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
 
 
-def byte_elements(tensor: InputTensor) -> list[bytes]:
-    """The elements of a BYTES tensor: from binary data (length-prefixed) or JSON strings
-    (their UTF-8 bytes). Raises InvalidRequest unless there are exactly ``shape``'s count."""
-    if tensor.raw is not None:
-        elements = _split_bytes(tensor.name, tensor.raw)
-    else:
-        flat = _flatten(tensor.data)
-        if not all(isinstance(e, str) for e in flat):
-            raise InvalidRequest(f"input '{tensor.name}': BYTES data in JSON must be strings")
-        elements = [e.encode() for e in flat]
-    if len(elements) != tensor.count:
-        raise InvalidRequest(
-            f"input '{tensor.name}' has {len(elements)} elements; its shape "
-            f"{list(tensor.shape)} says {tensor.count}"
-        )
-    return elements
-
-
-def _split_bytes(name: str, raw: bytes) -> list[bytes]:
-    elements, offset = [], 0
-    while offset < len(raw):
-        if offset + _LENGTH.size > len(raw):
-            raise InvalidRequest(f"input '{name}': BYTES data ends inside an element's length")
-        (size,) = _LENGTH.unpack_from(raw, offset)
-        offset += _LENGTH.size
-        if offset + size > len(raw):
-            raise InvalidRequest(
-                f"input '{name}': a BYTES element claims {size} bytes; {len(raw) - offset} left"
-            )
-        elements.append(raw[offset : offset + size])
-        offset += size
-    return elements
-
-
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:  # iterative: nesting depth is the client's to choose
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
-
-
-def numeric_array(tensor: InputTensor) -> np.ndarray:
-    """An FP32/FP16/UINT8 tensor as an array of its shape, from binary data or JSON numbers.
-    Raises InvalidRequest when the data does not fill the shape exactly."""
-    dtype = NUMERIC_DTYPES[tensor.datatype]
-    if tensor.raw is not None:
-        expected = tensor.count * dtype.itemsize
-        if len(tensor.raw) != expected:
-            raise InvalidRequest(
-                f"input '{tensor.name}': {len(tensor.raw)} bytes of binary data; shape "
-                f"{list(tensor.shape)} of {tensor.datatype} needs {expected}"
-            )
-        return np.frombuffer(tensor.raw, dtype).reshape(tensor.shape)
-    flat = _flatten(tensor.data)
-    if len(flat) != tensor.count:
-        raise InvalidRequest(
-            f"input '{tensor.name}' has {len(flat)} elements; its shape "
-            f"{list(tensor.shape)} says {tensor.count}"
-        )
-    if not all(isinstance(e, int | float) and not isinstance(e, bool) for e in flat):
-        raise InvalidRequest(f"input '{tensor.name}': {tensor.datatype} data must be numbers")
-    return np.asarray(flat, dtype).reshape(tensor.shape)
-
-
-def bytes_tensor(elements: list[bytes]) -> bytes:
-    """BYTES elements in the binary form: each a 4-byte little-endian length, then the bytes."""
-    return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
-
-
-def write_response(head: dict[str, Any], outputs: list[OutputTensor]) -> tuple[bytes, int | None]:
-    """``$inference_response``: ``head`` (model_name, model_version, id) with ``outputs``; the
-    binary ones after the JSON. Returns the body and the JSON's length, None when all JSON."""
+def write_response(
+    head: dict[str, Any], outputs: list[OutputTensor], binary: dict[str, bool]
+) -> tuple[bytes, int | None]:
+    """``$inference_response``: ``head`` (model_name, model_version, id) with ``outputs``, those
+    that ``binary`` names true as binary data after the JSON. Returns the body and the JSON's
+    length, None when all JSON."""
     entries, chunks = [], []
     for out in outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
-        if out.binary:
-            entry["parameters"] = {"binary_data_size": len(out.raw)}
-            chunks.append(out.raw)
+        if binary[out.name]:
+            raw = out.raw
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
         else:
-            entry["data"] = out.data
+            entry["data"] = out.json_data()
         entries.append(entry)
     header = orjson.dumps({**head, "outputs": entries})
     if not chunks:

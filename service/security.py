@@ -96,19 +96,16 @@ class ApiKeyMiddleware:
         public_prefixes: Iterable[str] = (),
     ) -> None:
         self.app = app
-        # Compare fixed-length digests so neither a key's content nor its length leaks by timing.
-        self._key_digests = [_digest(key.encode()) for key in keys]
+        self._keys = ApiKeys(keys)
         self._public_paths = frozenset(public_paths)
         self._public_prefixes = tuple(public_prefixes)
-        if not self._key_digests:
-            raise ValueError("ApiKeyMiddleware needs at least one key")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
-        token = _bearer_token(scope)
-        if token is not None and self._is_valid(token):
+        token = bearer_token(_header(scope, b"authorization"))
+        if token is not None and self._keys.is_valid(token):
             await self.app(scope, receive, send)
             return
         # The access log sits inside this middleware, so refusals are logged here.
@@ -135,7 +132,17 @@ class ApiKeyMiddleware:
     def _is_public(self, path: str) -> bool:
         return path in self._public_paths or path.startswith(self._public_prefixes)
 
-    def _is_valid(self, token: bytes) -> bool:
+
+class ApiKeys:
+    """The configured API keys (at least one); ``is_valid`` tells a good token from others."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        # Compare fixed-length digests so neither a key's content nor its length leaks by timing.
+        self._key_digests = [_digest(key.encode()) for key in keys]
+        if not self._key_digests:
+            raise ValueError("ApiKeys needs at least one key")
+
+    def is_valid(self, token: bytes) -> bool:
         digest = _digest(token)
         valid = False
         for key_digest in self._key_digests:  # no early exit: the time does not say which key
@@ -230,8 +237,8 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _bearer_token(scope: Scope) -> bytes | None:
-    authorization = _header(scope, b"authorization")
+def bearer_token(authorization: bytes | None) -> bytes | None:
+    """The key in an ``Authorization: Bearer <key>`` value; None for any other value."""
     if authorization is None:
         return None
     scheme, _, token = authorization.strip().partition(b" ")

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest wait for in-flight work")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
+    # The Open Inference Protocol over gRPC, on host:grpc_port beside HTTP (service/oip_grpc.py);
+    # unset: no gRPC listener at all.
+    grpc_port: int | None = Field(None, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

@@ -5,8 +5,8 @@
 ``tests.support.expected_labels`` predicts, at its own input size.
 
 ``server``: ``python -m service`` on that repository with small input limits (so 413 tests stay
-cheap) and a 10 ms batch window (so concurrent requests are batched). Tests that need other
-settings start their own server.
+cheap), a 10 ms batch window (so concurrent requests are batched) and the gRPC door on
+``grpc_port``. Tests that need other settings start their own server.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import SERVER_LIMITS, Server, running_server, write_tiny_model
+from tests.support import SERVER_LIMITS, Server, free_port, running_server, write_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,16 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def grpc_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def server(
+    tiny_repo: Path, grpc_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     env = {
+        "SEGSERVE_GRPC_PORT": str(grpc_port),
         "SEGSERVE_MODEL_REPOSITORY": str(tiny_repo),
         "SEGSERVE_DEFAULT_MODEL": "tiny",
         "SEGSERVE_MAX_BATCH_DELAY_MS": "10",

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -138,9 +139,7 @@ def expected_mask(image: Image.Image, side: int) -> np.ndarray:
 
 
 def png_labels(response: httpx.Response) -> np.ndarray:
-    image = Image.open(io.BytesIO(response.content))
-    assert image.mode == "P"
-    return np.asarray(image)
+    return palette_labels(response.content)
 
 
 def free_port() -> int:
@@ -268,3 +267,39 @@ def access_line(server: Server, request_id: str, timeout: float = 5.0) -> dict:
     wait_for(lambda: bool(lines()), timeout)
     (line,) = lines()
     return line
+
+
+# -- the Open Inference Protocol with Triton's clients (tritonclient.http or tritonclient.grpc) ---
+def images_tensor(triton: ModuleType, *images: bytes) -> Any:
+    """Input ``image`` of ``triton``'s client: ``images`` as one BYTES tensor (binary data)."""
+    tensor = triton.InferInput("image", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return tensor
+
+
+def zeros_tensor(triton: ModuleType, name: str, shape: list[int], datatype: str) -> Any:
+    tensor = triton.InferInput(name, shape, datatype)
+    tensor.set_data_from_numpy(np.zeros(shape, {"FP32": np.float32, "INT32": np.int32}[datatype]))
+    return tensor
+
+
+def prepared_input(side: int, datatype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two random black-and-primary images of ``side`` and the model input a client would make
+    of them, (2, 3, side, side) in ``datatype`` (FP32 or FP16)."""
+    rng = np.random.default_rng(7)
+    pixels = rng.choice([0, 255], size=(2, side, side, 3)).astype(np.uint8)
+    dtype = np.float32 if datatype == "FP32" else np.float16
+    return pixels, (pixels.transpose(0, 3, 1, 2) / 255).astype(dtype)
+
+
+def palette_labels(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.mode == "P"
+    return np.asarray(image)
+
+
+def segment_answer(client: httpx.Client, data: bytes, fmt: str) -> httpx.Response:
+    """``/segment``'s 200 answer for ``data`` in ``fmt``."""
+    response = client.post("/segment", content=data, params={"format": fmt})
+    assert response.status_code == 200, response.text
+    return response

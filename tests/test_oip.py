@@ -11,12 +11,23 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http
 from PIL import Image
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from tests.images import encode, png_declaring, quadrants
-from tests.support import Server, expected_labels, metric_samples, oip_client
+from tests.support import (
+    Server,
+    expected_labels,
+    images_tensor,
+    metric_samples,
+    oip_client,
+    palette_labels,
+    prepared_input,
+    segment_answer,
+    zeros_tensor,
+)
 
 SIDE = 24  # tiny v2, the default model's latest version (tests/conftest.py)
 OUTPUTS = ("labels", "png", "rle")
@@ -30,25 +41,11 @@ def triton(server: Server) -> Iterator[InferenceServerClient]:
 
 
 def images_input(*images: bytes) -> InferInput:
-    tensor = InferInput("image", [len(images)], "BYTES")
-    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
-    return tensor
+    return images_tensor(tritonclient.http, *images)
 
 
 def wanted(*names: str, binary: bool = True) -> list[InferRequestedOutput]:
     return [InferRequestedOutput(name, binary_data=binary) for name in names]
-
-
-def segment(client: httpx.Client, data: bytes, fmt: str, **params: str) -> httpx.Response:
-    response = client.post("/segment", content=data, params={"format": fmt, **params})
-    assert response.status_code == 200, response.text
-    return response
-
-
-def palette_labels(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png))
-    assert image.mode == "P"
-    return np.asarray(image)
 
 
 def oip_error(response: httpx.Response, status: int) -> str:
@@ -117,11 +114,11 @@ def test_bytes_images_answer_as_segment_does(
         (2,),
     )
     for i, data in enumerate(images):
-        png = segment(client, data, "png").content
+        png = segment_answer(client, data, "png").content
         assert pngs[i] == png
         np.testing.assert_array_equal(labels[i], palette_labels(png))
         rle = rles[i].decode() if isinstance(rles[i], bytes) else rles[i]
-        assert json.loads(rle) == segment(client, data, "rle").json()
+        assert json.loads(rle) == segment_answer(client, data, "rle").json()
     assert {1, 2} <= set(np.unique(labels).tolist())  # the image really has both classes
 
 
@@ -136,11 +133,7 @@ def test_default_outputs_are_all_three_as_binary(triton: InferenceServerClient) 
 def test_preprocessed_tensors_are_segmented(
     triton: InferenceServerClient, datatype: str, binary: bool
 ) -> None:
-    rng = np.random.default_rng(7)
-    pixels = rng.choice([0, 255], size=(2, SIDE, SIDE, 3)).astype(np.uint8)
-    x = (pixels.transpose(0, 3, 1, 2) / 255).astype(
-        np.float32 if datatype == "FP32" else np.float16
-    )
+    pixels, x = prepared_input(SIDE, datatype)
     tensor = InferInput("input", list(x.shape), datatype)
     tensor.set_data_from_numpy(x, binary_data=binary)
     outputs = [*wanted("labels", binary=binary), *wanted("png")]
@@ -180,15 +173,11 @@ def test_request_id_version_and_timeout_parameter(triton: InferenceServerClient)
 
 # -- errors -------------------------------------------------------------------------------------
 def _fp32(shape: list[int]) -> InferInput:
-    tensor = InferInput("input", shape, "FP32")
-    tensor.set_data_from_numpy(np.zeros(shape, np.float32))
-    return tensor
+    return zeros_tensor(tritonclient.http, "input", shape, "FP32")
 
 
 def _int32_image() -> InferInput:
-    tensor = InferInput("image", [1], "INT32")
-    tensor.set_data_from_numpy(np.zeros(1, np.int32))
-    return tensor
+    return zeros_tensor(tritonclient.http, "image", [1], "INT32")
 
 
 @pytest.mark.parametrize(
@@ -335,7 +324,7 @@ def test_binary_answer_carries_the_header_length(client: httpx.Client) -> None:
     assert (png["name"], png["datatype"], png["shape"]) == ("png", "BYTES", [1])
     binary = response.content[length:]
     assert len(binary) == png["parameters"]["binary_data_size"]
-    assert binary[4:] == segment(client, data, "png").content
+    assert binary[4:] == segment_answer(client, data, "png").content
 
 
 # -- metrics ------------------------------------------------------------------------------------
