@@ -83,6 +83,10 @@ deploy-lint: $(VENV)/.dev
 		$(BIN)/kubectl kustomize $$overlay | $(BIN)/kubernetes-validate --strict --quiet - || exit 1; \
 	done
 	! command -v promtool >/dev/null || promtool check config docker/prometheus/prometheus.yml
+	$(BIN)/check-jsonschema --schemafile k8s/kserve/schemas/servingruntime_v1alpha1.json \
+		k8s/kserve/servingruntime.yaml
+	$(BIN)/check-jsonschema --schemafile k8s/kserve/schemas/inferenceservice_v1beta1.json \
+		k8s/kserve/inferenceservice.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
