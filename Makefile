@@ -7,7 +7,7 @@ PIP    := $(BIN)/pip install --quiet -c constraints.txt
 # ONNX Runtime build for serving: `make serve ORT=gpu` installs onnxruntime-gpu instead.
 ORT    ?= cpu
 
-.PHONY: serve test browser screenshots lint typecheck model bench audit deploy-lint clean
+.PHONY: serve test browser screenshots lint typecheck model bench audit deploy-lint docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +115,21 @@ deploy-lint: $(VENV)/.dev
 		$(BIN)/kubectl kustomize $$overlay | $(BIN)/kubernetes-validate --strict --quiet - || exit 1; \
 	done
 	! command -v promtool >/dev/null || promtool check config docker/prometheus/prometheus.yml
+	$(BIN)/check-jsonschema --schemafile k8s/kserve/schemas/servingruntime_v1alpha1.json \
+		k8s/kserve/servingruntime.yaml
+	$(BIN)/check-jsonschema --schemafile k8s/kserve/schemas/inferenceservice_v1beta1.json \
+		k8s/kserve/inferenceservice.yaml
+
+# The CPU image built and run by a real Docker engine (tests/test_container.py; docs/DEPLOY.md
+# has the timings). docker/with-engine.sh starts an engine where none runs (and skips loudly where
+# none can start); docker/base-image.sh makes the base image with debootstrap where Docker Hub
+# cannot be reached, once: later runs find it in the engine. Debian's prometheus scrapes the
+# container.
+docker-test: $(VENV)/.dev
+	command -v prometheus >/dev/null || { apt-get update -qq && \
+		apt-get install -y -q --no-install-recommends prometheus; }
+	docker/with-engine.sh sh -c 'docker/base-image.sh && \
+		$(BIN)/pytest -q -m docker --durations=0 tests/test_container.py'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -26,6 +26,12 @@ PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "segserve.json"
 ADAPTER_VALUES = ROOT / "k8s/components/queue-autoscaling/prometheus-adapter-values.yaml"
 OVERLAYS = sorted(p.parent.name for p in (ROOT / "k8s" / "overlays").glob("*/kustomization.yaml"))
+# KServe's manifests, each with the vendored CRD schema it is checked against (k8s/kserve/schemas/).
+KSERVE = ROOT / "k8s" / "kserve"
+KSERVE_SCHEMAS = {
+    KSERVE / "servingruntime.yaml": KSERVE / "schemas" / "servingruntime_v1alpha1.json",
+    KSERVE / "inferenceservice.yaml": KSERVE / "schemas" / "inferenceservice_v1beta1.json",
+}
 # Every YAML file of the deployment, for yamllint.
 YAML_PATHS = [ROOT / ".yamllint.yaml", COMPOSE_FILES[0], ROOT / "docker", ROOT / "k8s"]
 
@@ -163,6 +169,13 @@ def manifest(overlay: str, kind: str) -> dict[str, Any]:
 
 def segserve_container(overlay: str) -> dict[str, Any]:
     (container,) = manifest(overlay, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def kserve_container() -> dict[str, Any]:
+    """The ServingRuntime's model-server container."""
+    runtime = load_yaml(KSERVE / "servingruntime.yaml")
+    (container,) = runtime["spec"]["containers"]
     return container
 
 

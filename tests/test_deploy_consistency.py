@@ -20,12 +20,14 @@ from service.settings import Settings
 from tests.deploy_files import (
     COMPOSE_FILES,
     DOCKERFILES,
+    KSERVE,
     OVERLAYS,
     PROMETHEUS_CONFIG,
     ROOT,
     compose_default,
     compose_service,
     final_stage,
+    kserve_container,
     load_yaml,
     manifest,
     parse_dockerfile,
@@ -96,6 +98,8 @@ def environments() -> list[tuple[str, dict[str, str]]]:
         for p in COMPOSE_FILES
     ]
     envs += [(f"k8s/overlays/{o}", pod_environment(o)) for o in OVERLAYS]
+    kserve = {e["name"]: e["value"] for e in kserve_container()["env"]}
+    envs += [("k8s/kserve/servingruntime.yaml", kserve)]
     return envs
 
 
@@ -349,3 +353,65 @@ def test_dashboard_and_autoscaler_query_metrics_the_service_defines() -> None:
         referenced
     )
     assert referenced <= exposed, f"not exposed by service.metrics: {referenced - exposed}"
+
+
+# --- KServe -----------------------------------------------------------------------------------
+
+# The Open Inference Protocol's health endpoints (KServe's v2 protocol), which KServe's runtimes
+# are probed on.
+OIP_HEALTH = {"livenessProbe": "/v2/health/live", "readinessProbe": "/v2/health/ready"}
+
+
+def test_kserve_runtime_probes_the_open_inference_protocol_health_paths() -> None:
+    container = kserve_container()
+    port = Settings.model_fields["port"].default
+    assert {probe: container[probe]["httpGet"]["path"] for probe in OIP_HEALTH} == OIP_HEALTH
+    assert {container[probe]["httpGet"]["port"] for probe in OIP_HEALTH} == {port}
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SEGSERVE_PORT"] == str(port)
+    # API keys must never lock out the kubelet or Prometheus.
+    public = set(env["SEGSERVE_AUTH_PUBLIC_PATHS"].split(","))
+    assert {*OIP_HEALTH.values(), "/metrics"} <= public
+    annotations = load_yaml(KSERVE / "servingruntime.yaml")["spec"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == str(port)
+
+
+def test_kserve_probe_paths_are_app_routes(routes: Routes) -> None:
+    if "/v2/health/live" not in routes:
+        pytest.skip("the Open Inference Protocol routes are not on this branch yet")
+    assert all(path in routes for path in OIP_HEALTH.values())
+    assert "/metrics" in routes
+
+
+def test_kserve_runtime_serves_what_its_storage_initializer_downloads() -> None:
+    """KServe copies storageUri to /mnt/models: that folder is the segserve repository."""
+    container = kserve_container()
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SEGSERVE_MODEL_REPOSITORY"] == "/mnt/models"
+    assert container["name"] == "kserve-container"  # the name KServe injects the model mount into
+    assert container["image"] == compose_service(COMPOSE_FILES[0])["image"]  # the CPU image
+
+
+def test_kserve_inference_service_selects_the_segserve_runtime() -> None:
+    runtime = load_yaml(KSERVE / "servingruntime.yaml")
+    model = load_yaml(KSERVE / "inferenceservice.yaml")["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == ["onnx"]
+    assert model["modelFormat"]["name"] == "onnx"
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    assert model["protocolVersion"] == "v2"
+    assert not model["storageUri"].endswith(".onnx"), "storageUri names the repository's root"
+
+
+def test_kserve_runtime_runs_unprivileged_on_a_read_only_root() -> None:
+    container = kserve_container()
+    runtime = load_yaml(KSERVE / "servingruntime.yaml")["spec"]
+    context = container["securityContext"]
+    assert str(context["runAsUser"]) == final_stage(DOCKERFILES[0]).user.split(":")[0]
+    assert context["runAsNonRoot"] is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in runtime["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]

@@ -15,6 +15,7 @@ import yaml
 from tests.deploy_files import (
     COMPOSE_FILES,
     DOCKERFILES,
+    KSERVE_SCHEMAS,
     OVERLAYS,
     PROMETHEUS_CONFIG,
     ROOT,
@@ -96,6 +97,32 @@ def test_kubernetes_schema_check_rejects_a_misspelt_field() -> None:
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("path", KSERVE_SCHEMAS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_kserve_manifest_matches_the_kserve_crd_schema(path: Path) -> None:
+    result = run(tool("check-jsonschema"), "--schemafile", KSERVE_SCHEMAS[path], path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "misspelt"),
+    [
+        ("servingruntime.yaml", "readinessProbe:", "readinesProbe:"),
+        ("inferenceservice.yaml", "storageUri:", "storageURI:"),
+        ("inferenceservice.yaml", "kind: InferenceService", "kind: InferenceServices"),
+    ],
+)
+def test_kserve_schema_check_rejects_a_misspelt_field(
+    path: str, field: str, misspelt: str, tmp_path: Path
+) -> None:
+    (source,) = [p for p in KSERVE_SCHEMAS if p.name == path]
+    assert field in source.read_text()
+    bad = tmp_path / path
+    bad.write_text(source.read_text().replace(field, misspelt))
+    result = run(tool("check-jsonschema"), "--schemafile", KSERVE_SCHEMAS[source], bad)
+    assert result.returncode != 0
+    assert misspelt.split(":")[0].split()[-1] in result.stdout + result.stderr
 
 
 # promtool ships with Prometheus (Debian's `prometheus` package), not with any PyPI wheel: these
