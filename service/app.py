@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import api, apidocs, oip, oip_grpc, page, repository_api
+from service import api, apidocs, oip, page, repository_api
 from service.access import AccessLog
 from service.control import ModelControl
 from service.core import Service, lone_process
@@ -49,6 +49,11 @@ def create_app(
         polling = asyncio.create_task(_after(loading, control, settings), name="model-control")
         grpc_server = None
         if settings.grpc_port is not None:
+            # Imported only here: its messages (package ``inference``) would clash in protobuf's
+            # default pool with any other copy of the protocol in the process, e.g.
+            # tritonclient.grpc's in a test or a client embedding the app.
+            from service import oip_grpc
+
             grpc_server = await oip_grpc.start_grpc(service, settings, app.version)
         try:
             yield
