@@ -10,10 +10,15 @@ batch size (the batcher's ``max_batch_size``):
 
 - *stage ms*: each stage timed alone, serially, per image, with the pipeline's own stage
   functions (inference: the batch's run / batch); their sum at batch 1 is the single-image
-  latency a server cannot beat;
+  latency a server cannot beat. Under another input policy than stretch (``--resize``), a lone
+  ``segment`` call's own stage times instead (decode + prepare, encode, and everything between
+  as "infer": for tiles, the windows' preparation, inference and blending);
 - *images/s*: ``segment`` called by enough concurrent callers to keep every stage busy (three
   batches in flight: one decoding, one inferring, one encoding), as the ideal client of a server
   would. The best over batch sizes is the offline limit the HTTP service is compared with.
+
+``--resize tiles --tile 256`` (and ``--overlap``, ``--scale``, ``--max-side``) measures an input
+policy (docs/API.md); tiles also report windows per image and per second.
 
 ``--processes N`` runs N such pipelines in N processes at once (each with the settings given,
 e.g. ``--set SEGSERVE_WORKER_THREADS=1``), the layout ``SEGSERVE_PROCESSES=N`` serves with;
@@ -32,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 
@@ -40,9 +45,11 @@ from bench.images import sample_jpeg
 from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL, add_settings_option, settings_dict
 from bench.variant import add_ort_config
-from service import imaging, pipeline
+from service import imaging, pipeline, policies
 from service.core import ServedModel, Service
+from service.model_card import Resize
 from service.pipeline import OutputFormat, SegmentOptions
+from service.policies import PolicyRequest
 from service.repository import ModelRepository, ModelVersion
 from service.settings import Settings
 
@@ -71,6 +78,7 @@ class BatchResult:
     stage_ms: StageMs  # per image, serial
     images_per_s: float  # segment() called concurrently
     cpu_ms_per_image: float  # process CPU (all threads) per image in that run
+    windows_per_image: int  # model inputs per image: 1, or the windows of the tiles policy
 
 
 def served_alone(model: Path) -> ModelRepository:
@@ -128,19 +136,51 @@ async def stage_ms(
     return StageMs(decode_ms, prepare_ms, infer_ms / batch_size, encode_ms)
 
 
+async def policy_stage_ms(
+    service: Service, served: ServedModel, data: bytes, options: SegmentOptions, repeat: int
+) -> StageMs:
+    """A lone ``segment`` call under ``options.policy``, best of ``repeat`` by wall time."""
+    best: tuple[float, pipeline.StageTimes] | None = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        done = await pipeline.segment(
+            service, served, data, options, deadline=time.monotonic() + 60
+        )
+        wall_ms = (time.perf_counter() - t0) * 1000.0
+        if best is None or wall_ms < best[0]:
+            best = (wall_ms, done.times)
+    assert best is not None
+    wall_ms, times = best
+    decode_ms, encode_ms = times.decode_s * 1000.0, times.encode_s * 1000.0
+    return StageMs(decode_ms, 0.0, wall_ms - decode_ms - encode_ms, encode_ms)
+
+
+def windows_per_image(served: ServedModel, data: bytes, policy: policies.Policy) -> int:
+    if policy.resize != "tiles":
+        return 1
+    size = imaging.decode(data, max_pixels=Settings().max_pixels).size
+    return policies.tile_count(policy, policies.content_size(policy, served.card.input, size))
+
+
 async def throughput(
-    service: Service, served: ServedModel, data: bytes, seconds: float
+    service: Service,
+    served: ServedModel,
+    data: bytes,
+    seconds: float,
+    options: SegmentOptions,
+    windows: int,
 ) -> tuple[float, float]:
     """Images per second and CPU ms per image with ``segment`` called by enough concurrent
-    callers to keep decode, inference and encode busy at once."""
-    callers = IN_FLIGHT_BATCHES * service.settings.max_batch_size
+    callers to keep decode, inference and encode busy at once (an image of several windows
+    keeps two batches in flight by itself)."""
+    callers = IN_FLIGHT_BATCHES * (1 if windows > 1 else service.settings.max_batch_size)
     stop_at = time.perf_counter() + seconds
     done = 0
 
     async def caller() -> None:
         nonlocal done
         while time.perf_counter() < stop_at:
-            await pipeline.segment(service, served, data, PNG, deadline=time.monotonic() + 60)
+            await pipeline.segment(service, served, data, options, deadline=time.monotonic() + 60)
             done += 1
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -150,19 +190,30 @@ async def throughput(
 
 
 async def measure_batch(
-    model: Path, data: bytes, batch_size: int, seconds: float, repeat: int, barrier: Barrier | None
+    model: Path,
+    data: bytes,
+    batch_size: int,
+    seconds: float,
+    repeat: int,
+    options: SegmentOptions,
+    barrier: Barrier | None,
 ) -> BatchResult:
-    """One batch size on a fresh core whose batcher forms batches of up to ``batch_size``."""
+    """One batch size on a fresh core whose batchers form batches of up to ``batch_size``."""
     settings = Settings().model_copy(update={"max_batch_size": batch_size})
     service, served = await started(model, settings)
     try:
-        stages = await stage_ms(service, served, data, batch_size, repeat)
+        policy = policies.resolve(served.card.input, options.policy, any_size=served.pool.any_size)
+        if policy.resize == "stretch":
+            stages = await stage_ms(service, served, data, batch_size, repeat)
+        else:
+            stages = await policy_stage_ms(service, served, data, options, repeat)
         if barrier is not None:
             await asyncio.to_thread(barrier.wait)
-        rate, cpu_ms = await throughput(service, served, data, seconds)
+        windows = windows_per_image(served, data, policy)
+        rate, cpu_ms = await throughput(service, served, data, seconds, options, windows)
     finally:
         await service.close()
-    return BatchResult(batch_size, stages, rate, cpu_ms)
+    return BatchResult(batch_size, stages, rate, cpu_ms, windows)
 
 
 def run(
@@ -171,13 +222,16 @@ def run(
     batch_sizes: list[int],
     seconds: float,
     repeat: int,
+    options: SegmentOptions = PNG,
     start_together: Barrier | None = None,
 ) -> dict:
     settings = Settings()
     data = sample_jpeg(image)
     results: list[BatchResult] = []
     for b in batch_sizes:
-        result = asyncio.run(measure_batch(model, data, b, seconds, repeat, start_together))
+        result = asyncio.run(
+            measure_batch(model, data, b, seconds, repeat, options, start_together)
+        )
         results.append(result)
         stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(result.stage_ms).items())
         print(
@@ -191,6 +245,8 @@ def run(
         "model": str(model),
         "image": image,
         "image_bytes": len(data),
+        "policy": {k: v for k, v in asdict(options.policy).items() if v is not None},
+        "windows_per_image": results[0].windows_per_image,
         "threads": {
             "worker_threads": settings.worker_threads,
             "intra_op_threads": settings.intra_op_threads,
@@ -233,6 +289,20 @@ def _run_into(answers: multiprocessing.SimpleQueue[dict], *args: Any) -> None:
     answers.put(run(*args))
 
 
+def summary(result: dict) -> str:
+    limit, windows, single = (
+        result["limit_images_per_s"],
+        result["windows_per_image"],
+        result["single_image_ms"],
+    )
+    line = f"offline limit: {limit:.1f} img/s at batch {result['limit_batch_size']}"
+    if single is not None:
+        line += f"; single image {single:.2f} ms"
+    if windows > 1:
+        line += f"; {windows} windows/image, {windows * limit:.1f} windows/s"
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -248,6 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="extra ONNX Runtime session config entry (as bench.variant)",
     )
+    parser.add_argument("--resize", choices=list(get_args(Resize)), help="input policy")
+    parser.add_argument("--max-side", type=int, help="native: longest side the model sees")
+    parser.add_argument("--tile", type=int, help="tiles: window side")
+    parser.add_argument("--overlap", type=float, help="tiles: fraction windows overlap")
+    parser.add_argument("--scale", type=float, help="tiles: image scale before tiling")
     parser.add_argument("--processes", type=int, default=1, help="pipelines run at once")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
@@ -260,13 +335,14 @@ def main(argv: list[str] | None = None) -> None:
         [int(b) for b in args.batch_sizes.split(",")],
         args.seconds,
         args.repeat,
+        SegmentOptions(
+            OutputFormat.png,
+            policy=PolicyRequest(args.resize, args.max_side, args.tile, args.overlap, args.scale),
+        ),
     )
     processes = args.processes
     result = run_processes(processes, *run_args) if processes > 1 else run(*run_args)
-    print(
-        f"offline limit: {result['limit_images_per_s']:.1f} img/s at batch "
-        f"{result['limit_batch_size']}; single image {result['single_image_ms']:.2f} ms"
-    )
+    print(summary(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

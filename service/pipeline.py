@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -168,7 +169,7 @@ async def _label_tiles(
     deadline: float,
     client_gone: Callable[[], Awaitable[None]] | None,
 ) -> Labelled:
-    """The tiles policy: the windows of one band at a time through the scores lane, blended."""
+    """The tiles policy: windows through the scores lane, blended band by band."""
     t0 = time.perf_counter()
     card, settings = served.card, service.settings
     decoded = await service.run_cpu(decode_input, data, card, fmt, settings.max_pixels, policy)
@@ -181,36 +182,91 @@ async def _label_tiles(
         )
     image = await service.run_cpu(imaging.resized, decoded.image, content)
     lane = await served.lanes.get((policy.tile, policy.tile), scores=True)
-    stitcher = policies.Stitcher(content, policy.tile, card.num_classes)
-    xs = policies.tile_origins(content[0], policy.tile, policy.overlap)
-    decode_s, queue_s, infer_s = time.perf_counter() - t0, 0.0, 0.0
-    for y in policies.tile_origins(content[1], policy.tile, policy.overlap):
-        windows = await service.run_cpu(_windows, image, y, xs, policy.tile, card)
-        band = _enqueue_all(lane, windows, deadline)
-        done = await _unless_gone(band, client_gone)
+    run = _TileRun(service, served, lane, image, policy, deadline, client_gone)
+    decode_s = time.perf_counter() - t0
+    labels = await run.labels()
+    return Labelled(labels, decoded, decode_s, run.queue_s, run.infer_s)
+
+
+class _TileRun:
+    """One tiles request's windows, a batch-sized chunk at a time with two chunks in flight (one
+    queued or running while the next is prepared): a request never holds more than two batches'
+    places in the queue, so other requests' images and windows keep getting in. A band (a row of
+    windows) is blended as soon as its last chunk is back."""
+
+    def __init__(
+        self,
+        service: Service,
+        served: ServedModel,
+        lane: Batcher,
+        image: Image.Image,
+        policy: policies.Policy,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.service, self.served, self.lane, self.image = service, served, lane, image
+        self.tile, self.deadline, self.client_gone = policy.tile, deadline, client_gone
+        width, height = image.size
+        self.xs = policies.tile_origins(width, policy.tile, policy.overlap)
+        ys = policies.tile_origins(height, policy.tile, policy.overlap)
+        self.positions = [(y, x) for y in ys for x in self.xs]
+        self.stitcher = policies.Stitcher(image.size, policy.tile, served.card.num_classes)
+        self.band: list[np.ndarray] = []
+        self.queue_s = self.infer_s = 0.0
+
+    async def labels(self) -> np.ndarray:
+        size = self.lane.max_batch_size
+        chunks = [self.positions[i : i + size] for i in range(0, len(self.positions), size)]
+        in_flight: deque[tuple[list[tuple[int, int]], asyncio.Future[list[Completed]]]] = deque()
+        try:
+            for chunk in chunks:
+                card = self.served.card
+                windows = await self.service.run_cpu(_windows, self.image, chunk, self.tile, card)
+                in_flight.append((chunk, _enqueue_all(self.lane, windows, self.deadline)))
+                if len(in_flight) == 2:
+                    await self._collect(*in_flight.popleft())
+            while in_flight:
+                await self._collect(*in_flight.popleft())
+        finally:
+            for _, queued in in_flight:  # a failure or a client gone: free their places
+                _abandon(queued)
+        return await self.service.run_cpu(self.stitcher.finish)
+
+    async def _collect(
+        self, chunk: list[tuple[int, int]], queued: asyncio.Future[list[Completed]]
+    ) -> None:
+        done = await _unless_gone(queued, self.client_gone)
         for item in done:
-            served.queue_wait.observe(item.queued_s)
-        queue_s += max(item.queued_s for item in done)
-        infer_s += max(item.run_s for item in done)
-        scores = np.stack([item.value for item in done])
-        await service.run_cpu(stitcher.add_band, y, xs, scores)
-    labels = await service.run_cpu(stitcher.finish)
-    return Labelled(labels, decoded, decode_s, queue_s, infer_s)
+            self.served.queue_wait.observe(item.queued_s)
+        self.queue_s += max(item.queued_s for item in done)
+        self.infer_s += max(item.run_s for item in done)
+        for (y, x), item in zip(chunk, done, strict=True):
+            self.band.append(item.value)
+            if x == self.xs[-1]:  # the band's last window: blend it in
+                scores, self.band = np.stack(self.band), []
+                await self.service.run_cpu(self.stitcher.add_band, y, self.xs, scores)
 
 
 def _windows(
-    image: Image.Image, y: int, xs: list[int], tile: int, card: ModelCard
+    image: Image.Image, positions: list[tuple[int, int]], tile: int, card: ModelCard
 ) -> list[np.ndarray]:
-    """The model inputs of the windows at (x, ``y``) for x in ``xs``; past the image's edge,
-    zeros (the mean colour)."""
+    """The model inputs of the windows at ``positions`` (y, x); past the image's edge, zeros
+    (the mean colour)."""
     width, height = image.size
-    bottom = min(y + tile, height)
     return [
         imaging.normalized(
-            np.asarray(image.crop((x, y, min(x + tile, width), bottom))), card.input, (tile, tile)
+            np.asarray(image.crop((x, y, min(x + tile, width), min(y + tile, height)))),
+            card.input,
+            (tile, tile),
         )
-        for x in xs
+        for y, x in positions
     ]
+
+
+def _abandon(future: asyncio.Future[Any]) -> None:
+    """Cancel ``future`` and take its outcome, so that nothing reports it as unretrieved."""
+    future.cancel()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _enqueue_all(
@@ -223,7 +279,7 @@ def _enqueue_all(
             queued.append(lane.enqueue(x, deadline=deadline))
     except BaseException:
         for future in queued:
-            future.cancel()
+            _abandon(future)
         raise
     return asyncio.gather(*queued)
 

@@ -1,0 +1,161 @@
+"""The input policies' targets (docs/PERFORMANCE.md), measured in one run and judged.
+
+    python -m bench.policies                      # default model, ~4 minutes on 2 cores
+    python -m bench.policies --tile 256 --default-resize native
+
+1. tiled throughput through the service (windows/s, 4000x3000 JPEGs, concurrency 8) >= 0.9 x
+   the in-process limit for the same windows (``bench.offline --resize tiles``);
+2. peak RSS growth of a fresh server for one 4000x3000 tiled request <= 64 MiB over idle;
+3. a lone 640x480 request under the model's default policy: p50 <= 2.5 x stretch's.
+
+Servers run as subprocesses on 127.0.0.1 and are stopped by PID; the load runs in its own
+process (``bench.loadtest``, raw client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.images import sample_jpeg
+from bench.procstat import load_average
+from bench.server import DEFAULT_MODEL, ROOT, run_loadtest, run_offline, serve
+from bench.targets import Verdict
+
+RESULTS = ROOT / "bench" / "results" / "policies"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Measured:
+    offline: dict  # bench.offline --resize tiles, large image
+    served: dict  # bench.loadtest, tiles, large image, c=8
+    idle_rss_bytes: int
+    peak_rss_bytes: int
+    lone_default: dict  # bench.loadtest c=1, the card's policy (or --default-resize)
+    lone_stretch: dict
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--tile", type=int, help="tiles: window side (default: the card's)")
+    parser.add_argument("--default-resize", help="the policy to judge instead of the card's")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> Measured:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    tiles = ["resize=tiles", *([f"tile={args.tile}"] if args.tile else [])]
+    offline = run_offline(
+        args.model,
+        out / "offline-tiles.json",
+        [],
+        "--image=large",
+        "--batch-sizes=8",
+        *(f"--{q}" for q in tiles),
+    )
+    load = ["--image=large", "--concurrency=8", f"--duration={args.duration}", "--client=raw"]
+    with serve("segserve", args.model, out / "server-tiles.log") as server:
+        served = run_loadtest(
+            server.base_url, server.pid, out / "served-tiles.json", *load,
+            *(f"--query={q}" for q in tiles),
+        )  # fmt: skip
+    idle, peak = _one_request_peak(args.model, out, tiles)
+    lone = ["--concurrency=1", f"--duration={args.duration}", "--client=raw"]
+    default = [f"--query=resize={args.default_resize}"] if args.default_resize else []
+    with serve("segserve", args.model, out / "server-lone.log") as server:
+        lone_default = run_loadtest(
+            server.base_url, server.pid, out / "lone-default.json", *lone, *default
+        )
+        lone_stretch = run_loadtest(
+            server.base_url, server.pid, out / "lone-stretch.json", *lone, "--query=resize=stretch"
+        )
+    return Measured(offline, served, idle, peak, lone_default, lone_stretch)
+
+
+def _one_request_peak(model: Path, out: Path, tiles: list[str]) -> tuple[int, int]:
+    """A fresh server's RSS when idle and its peak RSS over one 4000x3000 tiled request."""
+    with serve("segserve", model, out / "server-rss.log") as server:
+        status = Path(f"/proc/{server.pid}/status")
+        idle = _status_kib(status, "VmRSS") * 1024
+        Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # peak := current (Linux)
+        response = httpx.post(
+            f"{server.base_url}/segment",
+            params=dict(q.split("=", 1) for q in tiles),
+            content=sample_jpeg("large"),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=300,
+        )
+        response.raise_for_status()
+        return idle, _status_kib(status, "VmHWM") * 1024
+
+
+def _status_kib(status: Path, field: str) -> int:
+    line = next(line for line in status.read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
+
+
+def judge(m: Measured) -> list[Verdict]:
+    windows = m.offline["windows_per_image"]
+    limit = m.offline["limit_images_per_s"] * windows
+    served = m.served["throughput_rps"] * windows
+    growth = m.peak_rss_bytes - m.idle_rss_bytes
+    p50, stretch_p50 = m.lone_default["latency_ms"]["p50"], m.lone_stretch["latency_ms"]["p50"]
+    return [
+        Verdict(
+            "tiled windows/s, c=8, vs offline",
+            f"{served:.0f} / {limit:.0f} = {served / limit:.2f} x ({windows} windows/image)",
+            ">= 0.90 x",
+            served >= 0.9 * limit,
+        ),
+        Verdict(
+            "peak RSS growth, one 4000x3000 tiled request",
+            f"{growth / MIB:.1f} MiB (idle {m.idle_rss_bytes / MIB:.0f} MiB)",
+            "<= 64 MiB",
+            growth <= 64 * MIB,
+        ),
+        Verdict(
+            "lone 640x480 p50, default policy vs stretch",
+            f"{p50:.2f} / {stretch_p50:.2f} ms = {p50 / stretch_p50:.2f} x",
+            "<= 2.5 x",
+            p50 <= 2.5 * stretch_p50,
+        ),
+    ]
+
+
+def render(m: Measured, verdicts: list[Verdict], out: Path) -> None:
+    table = "\n".join(
+        ["| target | measured | bound | verdict |", "|---|---|---|---|"]
+        + [v.row() for v in verdicts]
+    )
+    print(table)
+    (out / "policies.md").write_text(table + "\n")
+    (out / "policies.json").write_text(
+        json.dumps(
+            {
+                "load_average": str(load_average()),
+                "measured": m.__dict__,
+                "verdicts": [v.__dict__ for v in verdicts],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    measured = measure(args)
+    render(measured, judge(measured), args.out)
+
+
+if __name__ == "__main__":
+    main()
