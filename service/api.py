@@ -11,7 +11,7 @@ from contextlib import suppress
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from service import metrics, pipeline
@@ -38,32 +38,7 @@ from service.schemas import (
 router = APIRouter()
 
 
-# -- /segment -----------------------------------------------------------------------------------
-@router.post(
-    SEGMENT_PATH,
-    summary="Segment one image",
-    responses=SEGMENT_RESPONSES,
-    openapi_extra=SEGMENT_REQUEST_BODY,
-    tags=["inference"],
-)
-async def segment(
-    request: Request,
-    fmt: Annotated[
-        OutputFormat | None,
-        Query(
-            alias="format",
-            description="`png`, `rle` or `overlay`; default from `Accept` "
-            "(`application/json` -> rle, `image/png` or `*/*` -> png), else png",
-        ),
-    ] = None,
-    alpha: Annotated[float, Query(ge=0, le=1, description="overlay opacity (overlay only)")] = 0.5,
-    model: Annotated[
-        str | None,
-        Query(description="model name as listed by GET /models; default: the default model"),
-    ] = None,
-    version: Annotated[
-        int | None, Query(ge=1, description="model version; default: the latest")
-    ] = None,
+def policy_query(
     resize: Annotated[
         Resize | None,
         Query(
@@ -80,6 +55,38 @@ async def segment(
     ] = None,
     scale: Annotated[
         float | None, Query(gt=0, le=4, description="tiles: image scale before tiling")
+    ] = None,
+) -> PolicyRequest:
+    """The input-policy query parameters of ``/segment``: overrides of the card's defaults."""
+    return PolicyRequest(resize, max_side, tile, overlap, scale)
+
+
+# -- /segment -----------------------------------------------------------------------------------
+@router.post(
+    SEGMENT_PATH,
+    summary="Segment one image",
+    responses=SEGMENT_RESPONSES,
+    openapi_extra=SEGMENT_REQUEST_BODY,
+    tags=["inference"],
+)
+async def segment(
+    request: Request,
+    policy: Annotated[PolicyRequest, Depends(policy_query)],
+    fmt: Annotated[
+        OutputFormat | None,
+        Query(
+            alias="format",
+            description="`png`, `rle` or `overlay`; default from `Accept` "
+            "(`application/json` -> rle, `image/png` or `*/*` -> png), else png",
+        ),
+    ] = None,
+    alpha: Annotated[float, Query(ge=0, le=1, description="overlay opacity (overlay only)")] = 0.5,
+    model: Annotated[
+        str | None,
+        Query(description="model name as listed by GET /models; default: the default model"),
+    ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="model version; default: the latest")
     ] = None,
 ) -> Response:
     service: Service = request.app.state.service
@@ -98,7 +105,7 @@ async def segment(
             service,
             served,
             data,
-            SegmentOptions(fmt, alpha, PolicyRequest(resize, max_side, tile, overlap, scale)),
+            SegmentOptions(fmt, alpha, policy),
             deadline=record.arrived + service.settings.request_timeout_s,
             client_gone=partial(disconnected, request),
         )

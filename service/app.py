@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -39,37 +40,11 @@ def create_app(
     service = Service(settings, repository, all_listening=all_listening)
     control = ModelControl(service)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(service.load(), name="load-models")
-        if settings.processes > 1:
-            # Processes share the port: uvicorn listens once this returns, so no request meets
-            # a process that is still loading (service/processes.py).
-            await asyncio.shield(loading)
-        polling = asyncio.create_task(_after(loading, control, settings), name="model-control")
-        grpc_server = None
-        if settings.grpc_port is not None:
-            # Imported only here: its messages (package ``inference``) would clash in protobuf's
-            # default pool with any other copy of the protocol in the process, e.g.
-            # tritonclient.grpc's in a test or a client embedding the app.
-            from service import oip_grpc
-
-            grpc_server = await oip_grpc.start_grpc(service, settings, app.version)
-        try:
-            yield
-        finally:
-            polling.cancel()
-            if grpc_server is not None:
-                await grpc_server.stop(settings.shutdown_timeout_s)
-            await loading  # sessions being created finish before we close them
-            await control.close()
-            await service.close()
-
     app = FastAPI(
         title="segserve",
         version="0.1.0",
         summary="Semantic-segmentation masks over HTTP (ONNX Runtime, dynamic batching)",
-        lifespan=lifespan,
+        lifespan=partial(_lifespan, service, control),
         redirect_slashes=False,  # a 404 that names the right path, never a 307 (service/semantics)
         docs_url=None,  # served from bundled assets by service.apidocs
         redoc_url=None,
@@ -93,6 +68,36 @@ def create_app(
         public_prefixes=(*page.PUBLIC_PREFIXES, *apidocs.PUBLIC_PREFIXES),
     )
     return app
+
+
+@asynccontextmanager
+async def _lifespan(service: Service, control: ModelControl, app: FastAPI) -> AsyncIterator[None]:
+    """Load the models in the background (``/healthz`` answers at once), poll the repository
+    and serve gRPC when configured; at the end drain the batchers and close the sessions."""
+    settings = service.settings
+    loading = asyncio.create_task(service.load(), name="load-models")
+    if settings.processes > 1:
+        # Processes share the port: uvicorn listens once this returns, so no request meets
+        # a process that is still loading (service/processes.py).
+        await asyncio.shield(loading)
+    polling = asyncio.create_task(_after(loading, control, settings), name="model-control")
+    grpc_server = None
+    if settings.grpc_port is not None:
+        # Imported only here: its messages (package ``inference``) would clash in protobuf's
+        # default pool with any other copy of the protocol in the process, e.g.
+        # tritonclient.grpc's in a test or a client embedding the app.
+        from service import oip_grpc
+
+        grpc_server = await oip_grpc.start_grpc(service, settings, app.version)
+    try:
+        yield
+    finally:
+        polling.cancel()
+        if grpc_server is not None:
+            await grpc_server.stop(settings.shutdown_timeout_s)
+        await loading  # sessions being created finish before we close them
+        await control.close()
+        await service.close()
 
 
 async def _after(loading: asyncio.Task[None], control: ModelControl, settings: Settings) -> None:

@@ -20,26 +20,22 @@ batcher one band (a row of windows) at a time, so a big image never holds the qu
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-from PIL import Image
 
 from service import imaging, masks, policies
-from service.batching import Batcher, Completed
 from service.core import ServedModel, Service
-from service.errors import ClientClosed, PayloadTooLarge
+from service.errors import PayloadTooLarge
 from service.model_card import ModelCard
 from service.policies import PolicyRequest
+from service.tiling import TileRun
+from service.waiting import unless_gone
 
-T = TypeVar("T")
 CARD_POLICY = PolicyRequest()  # no overrides: the card's input policy
 
 
@@ -154,7 +150,7 @@ async def label_image(
             prepared = await service.run_cpu(prepare_input, *args)
             queued = served.batcher.enqueue(prepared.x, deadline=deadline)
     t1 = time.perf_counter()
-    done = await _unless_gone(queued, client_gone)
+    done = await unless_gone(queued, client_gone)
     served.queue_wait.observe(done.queued_s)
     labels = _crop(done.value, prepared.content, prepared.x.shape[1:])
     return Labelled(labels, prepared.decoded, t1 - t0, done.queued_s, done.run_s)
@@ -182,106 +178,10 @@ async def _label_tiles(
         )
     image = await service.run_cpu(imaging.resized, decoded.image, content)
     lane = await served.lanes.get((policy.tile, policy.tile), scores=True)
-    run = _TileRun(service, served, lane, image, policy, deadline, client_gone)
+    run = TileRun(service, served, lane, image, policy, deadline, client_gone)
     decode_s = time.perf_counter() - t0
     labels = await run.labels()
     return Labelled(labels, decoded, decode_s, run.queue_s, run.infer_s)
-
-
-class _TileRun:
-    """One tiles request's windows, a batch-sized chunk at a time with two chunks in flight (one
-    queued or running while the next is prepared): a request never holds more than two batches'
-    places in the queue, so other requests' images and windows keep getting in. A band (a row of
-    windows) is blended as soon as its last chunk is back."""
-
-    def __init__(
-        self,
-        service: Service,
-        served: ServedModel,
-        lane: Batcher,
-        image: Image.Image,
-        policy: policies.Policy,
-        deadline: float,
-        client_gone: Callable[[], Awaitable[None]] | None,
-    ) -> None:
-        self.service, self.served, self.lane, self.image = service, served, lane, image
-        self.tile, self.deadline, self.client_gone = policy.tile, deadline, client_gone
-        width, height = image.size
-        self.xs = policies.tile_origins(width, policy.tile, policy.overlap)
-        ys = policies.tile_origins(height, policy.tile, policy.overlap)
-        self.positions = [(y, x) for y in ys for x in self.xs]
-        self.stitcher = policies.Stitcher(image.size, policy.tile, served.card.num_classes)
-        self.band: list[np.ndarray] = []
-        self.queue_s = self.infer_s = 0.0
-
-    async def labels(self) -> np.ndarray:
-        size = self.lane.max_batch_size
-        chunks = [self.positions[i : i + size] for i in range(0, len(self.positions), size)]
-        in_flight: deque[tuple[list[tuple[int, int]], asyncio.Future[list[Completed]]]] = deque()
-        try:
-            for chunk in chunks:
-                card = self.served.card
-                windows = await self.service.run_cpu(_windows, self.image, chunk, self.tile, card)
-                in_flight.append((chunk, _enqueue_all(self.lane, windows, self.deadline)))
-                if len(in_flight) == 2:
-                    await self._collect(*in_flight.popleft())
-            while in_flight:
-                await self._collect(*in_flight.popleft())
-        finally:
-            for _, queued in in_flight:  # a failure or a client gone: free their places
-                _abandon(queued)
-        return await self.service.run_cpu(self.stitcher.finish)
-
-    async def _collect(
-        self, chunk: list[tuple[int, int]], queued: asyncio.Future[list[Completed]]
-    ) -> None:
-        done = await _unless_gone(queued, self.client_gone)
-        for item in done:
-            self.served.queue_wait.observe(item.queued_s)
-        self.queue_s += max(item.queued_s for item in done)
-        self.infer_s += max(item.run_s for item in done)
-        for (y, x), item in zip(chunk, done, strict=True):
-            self.band.append(item.value)
-            if x == self.xs[-1]:  # the band's last window: blend it in
-                scores, self.band = np.stack(self.band), []
-                await self.service.run_cpu(self.stitcher.add_band, y, self.xs, scores)
-
-
-def _windows(
-    image: Image.Image, positions: list[tuple[int, int]], tile: int, card: ModelCard
-) -> list[np.ndarray]:
-    """The model inputs of the windows at ``positions`` (y, x); past the image's edge, zeros
-    (the mean colour)."""
-    width, height = image.size
-    return [
-        imaging.normalized(
-            np.asarray(image.crop((x, y, min(x + tile, width), min(y + tile, height)))),
-            card.input,
-            (tile, tile),
-        )
-        for y, x in positions
-    ]
-
-
-def _abandon(future: asyncio.Future[Any]) -> None:
-    """Cancel ``future`` and take its outcome, so that nothing reports it as unretrieved."""
-    future.cancel()
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-
-
-def _enqueue_all(
-    lane: Batcher, inputs: list[np.ndarray], deadline: float
-) -> asyncio.Future[list[Completed]]:
-    """Every input queued, or none: a refusal withdraws those already queued."""
-    queued: list[asyncio.Future[Completed]] = []
-    try:
-        for x in inputs:
-            queued.append(lane.enqueue(x, deadline=deadline))
-    except BaseException:
-        for future in queued:
-            _abandon(future)
-        raise
-    return asyncio.gather(*queued)
 
 
 def _crop(labels: np.ndarray, content: policies.Size, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -310,7 +210,7 @@ async def label_input(
     if x.shape != (3, spec.height, spec.width):
         raise ValueError(f"expected (3, {spec.height}, {spec.width}), got {x.shape}")
     queued = served.batcher.enqueue(np.ascontiguousarray(x, spec.dtype), deadline=deadline)
-    done = await _unless_gone(queued, client_gone)
+    done = await unless_gone(queued, client_gone)
     served.queue_wait.observe(done.queued_s)
     labels: np.ndarray = done.value
     return labels
@@ -392,20 +292,3 @@ def encode_mask(
             }
         )
     raise ValueError(f"{fmt} is not a mask encoding")
-
-
-async def _unless_gone(
-    queued: asyncio.Future[T], client_gone: Callable[[], Awaitable[None]] | None
-) -> T:
-    if client_gone is None:
-        return await queued
-    watcher: asyncio.Future[object] = asyncio.ensure_future(client_gone())
-    try:
-        await asyncio.wait((queued, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not queued.done():  # gone, or this request cancelled: free its place in the queue
-            queued.cancel()
-    if queued.cancelled():
-        raise ClientClosed("the client closed the connection before its answer was ready")
-    return queued.result()

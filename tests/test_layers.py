@@ -52,7 +52,9 @@ CORE = {
     "runtime",
     "settings",
     "signature",
+    "waiting",
     "threads",
+    "tiling",
 }
 FRAMEWORKS = ("fastapi", "starlette")
 
