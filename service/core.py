@@ -30,6 +30,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from service import metrics
+from service.admission import Admission
 from service.batching import Batcher, RunBatch
 from service.errors import ModelLoadError, NotReady
 from service.lanes import Lanes, MakeBatcher, Shape
@@ -78,6 +79,7 @@ class Service:
         self.repository = repository
         self.models: dict[str, ServedModel] = {}
         self.workers = WorkerThreads(settings.worker_threads, "cpu")
+        self.admission = Admission(settings.max_queue_wait_s)
         self.all_listening = all_listening
         self.loaded = False
         self.draining = False
@@ -107,8 +109,12 @@ class Service:
 
     @contextlib.contextmanager
     def lease(self, name: str | None, version: int | None) -> Iterator[ServedModel]:
-        """``model(name, version)``, kept serving until the block ends even if it is retired."""
+        """``model(name, version)``, kept serving until the block ends even if it is retired.
+        Raises Overloaded first when the server would keep the request waiting too long
+        (``service.admission``)."""
         served = self.model(name, version)
+        self.admission.check()
+        self.admission.enter()
         served.leases += 1
         served.unleased.clear()
         try:
@@ -117,6 +123,7 @@ class Service:
             served.leases -= 1
             if not served.leases:
                 served.unleased.set()
+            self.admission.leave()
 
     def swap(self, models: dict[str, ServedModel]) -> None:
         """Serve exactly ``models`` from now on (one assignment each: no request sees a mix)."""

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     batch_eager: bool = True
     max_queue: int = Field(256, ge=1)
     request_timeout_ms: float = Field(30_000, gt=0)
+    # Refuse at once (503 + Retry-After) a request that the work already in the server would
+    # keep waiting longer than this (service/admission.py); 0: admit all, the deadline applies.
+    max_queue_wait_ms: float = Field(0, ge=0)
 
     # Input limits
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
@@ -87,6 +90,10 @@ class Settings(BaseSettings):
     @cached_property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
+
+    @cached_property
+    def max_queue_wait_s(self) -> float:
+        return self.max_queue_wait_ms / 1000.0
 
     @cached_property
     def request_timeout_s(self) -> float:

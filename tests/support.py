@@ -42,6 +42,7 @@ TINY_LABELS = ["background", "red", "green"]
 _WEIGHTS = np.array([[0, 0, 0], [2, -1, -1], [-1, 2, -1]], dtype=np.float32).reshape(3, 3, 1, 1)
 _BIAS = np.array([0.5, 0, 0], dtype=np.float32)
 
+SLOW_SIZE = 128  # input side of the slow model; each 32-channel 3x3 conv costs ~3 ms on one core
 # Small input limits for the shared server (conftest), so the 413 tests stay cheap.
 SERVER_LIMITS = {"SEGSERVE_MAX_BODY_BYTES": "2000000", "SEGSERVE_MAX_PIXELS": "4000000"}
 # A long batch window holds requests in the queue: "in flight" for as long as the test needs.
@@ -107,6 +108,45 @@ def tiny_model(
     helper.set_model_props(model, card.to_metadata())
     onnx.checker.check_model(model)
     return model
+
+
+def write_slow_model(repo: Path, name: str = "slow", convs: int = 60) -> Path:
+    """A real, slow segmentation graph: ``convs`` 32-channel 3x3 convolutions at 128x128.
+
+    Same interface and card as the tiny model (3 classes, logits), ~0.2 s per image on one
+    core with the default 60 convolutions; the weights are shared so the file stays ~40 KB."""
+    channels, size = 32, SLOW_SIZE
+    rng = np.random.default_rng(0)
+    weights = {
+        "w_in": rng.standard_normal((channels, 3, 3, 3)) / 5,
+        "w": rng.standard_normal((channels, channels, 3, 3)) / (3 * channels**0.5),
+        "w_out": rng.standard_normal((3, channels, 1, 1)) / channels,
+    }
+    nodes = [helper.make_node("Conv", ["input", "w_in"], ["h0"], pads=[1, 1, 1, 1])]
+    for i in range(convs):
+        nodes += [
+            helper.make_node("Conv", [f"h{i}", "w"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
+        ]
+    nodes.append(helper.make_node("Conv", [f"h{convs}", "w_out"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, size, size])],
+        initializer=[
+            helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel())
+            for k, v in weights.items()
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, tiny_card(name=name, size=size).to_metadata())
+    path = repo / name / "1" / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
 
 
 def write_tiny_model(

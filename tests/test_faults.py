@@ -33,10 +33,10 @@ from tests.support import (
     tiny_card,
     tiny_model,
     wait_until_ready,
+    write_slow_model,
     write_tiny_model,
 )
 
-SLOW_SIZE = 128  # input side of the slow model; each 32-channel 3x3 conv costs ~3 ms on one core
 LEAKS = ("Traceback", "/work", ".py", "onnxruntime_src")
 IMAGE_PNG = {"Content-Type": "image/png"}
 
@@ -48,41 +48,6 @@ def _save(model: onnx.ModelProto, repo: Path, name: str, version: int = 1) -> Pa
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path
-
-
-def write_slow_model(repo: Path, name: str = "slow", convs: int = 60) -> Path:
-    """A real, slow segmentation graph: ``convs`` 32-channel 3x3 convolutions at 128x128.
-
-    Same interface and card as the tiny model (3 classes, logits), ~0.2 s per image on one
-    core with the default 60 convolutions; the weights are shared so the file stays ~40 KB."""
-    channels, size = 32, SLOW_SIZE
-    rng = np.random.default_rng(0)
-    weights = {
-        "w_in": rng.standard_normal((channels, 3, 3, 3)) / 5,
-        "w": rng.standard_normal((channels, channels, 3, 3)) / (3 * channels**0.5),
-        "w_out": rng.standard_normal((3, channels, 1, 1)) / channels,
-    }
-    nodes = [helper.make_node("Conv", ["input", "w_in"], ["h0"], pads=[1, 1, 1, 1])]
-    for i in range(convs):
-        nodes += [
-            helper.make_node("Conv", [f"h{i}", "w"], [f"c{i}"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
-        ]
-    nodes.append(helper.make_node("Conv", [f"h{convs}", "w_out"], ["logits"]))
-    graph = helper.make_graph(
-        nodes,
-        "slow",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, size, size])],
-        initializer=[
-            helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel())
-            for k, v in weights.items()
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, tiny_card(name=name, size=size).to_metadata())
-    return _save(model, repo, name)
 
 
 def write_failing_model(repo: Path, name: str = "flaky", limit: float = 0.99) -> Path:

@@ -35,6 +35,7 @@ EDGE = {
     "server",
 }
 CORE = {
+    "admission",
     "batching",
     "context",
     "control",
