@@ -90,6 +90,7 @@ class LoadResult:
     throughput_rps: float
     latency_ms: dict[str, float]
     status_counts: dict[str, int]
+    latency_by_status_ms: dict[str, dict[str, float]]
     checked: int
     check_failures: list[str]
     client_cpu_cores: float
@@ -139,6 +140,9 @@ class _Recorder:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.latencies: list[float] = []
+        self.latencies_by_status: collections.defaultdict[str, list[float]] = (
+            collections.defaultdict(list)
+        )
         self.statuses: collections.Counter[str] = collections.Counter()
         self.samples: list[bytes] = []
         self.completed = 0
@@ -150,6 +154,7 @@ class _Recorder:
     def record(self, scheduled: float, status: str, body: bytes | None) -> None:
         now = time.perf_counter()
         self.latencies.append(now - scheduled)
+        self.latencies_by_status[status].append(now - scheduled)
         self.statuses[status] += 1
         self.completed += 1
         self.last_done = now
@@ -351,12 +356,12 @@ async def _run(spec: LoadSpec) -> LoadResult:
         ok=ok,
         wall_s=round(wall, 3),
         throughput_rps=ok / wall if wall > 0 else 0.0,
-        latency_ms={
-            name: float(np.percentile(lat, q)) if lat.size else float("nan")
-            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-        }
-        | {"mean": float(lat.mean()) if lat.size else float("nan")},
+        latency_ms=_percentiles(lat),
         status_counts=dict(recorder.statuses),
+        latency_by_status_ms={
+            status: _percentiles(np.asarray(times) * 1000.0)
+            for status, times in recorder.latencies_by_status.items()
+        },
         checked=len(recorder.samples),
         check_failures=failures[:5] + ([f"... {len(failures)} in all"] * (len(failures) > 5)),
         client_cpu_cores=client_cpu / (time.perf_counter() - wall0),
@@ -373,6 +378,16 @@ async def _run(spec: LoadSpec) -> LoadResult:
             | {"end": round(procstat.rss_bytes(spec.server_pid) / 2**20, 1)}
         )
     return result
+
+
+def _percentiles(ms: np.ndarray) -> dict[str, float]:
+    if not ms.size:
+        return dict.fromkeys(("p50", "p90", "p99", "max", "mean"), float("nan"))
+    points = {name: float(np.percentile(ms, q)) for name, q in _PERCENTILES}
+    return points | {"mean": float(ms.mean())}
+
+
+_PERCENTILES = (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
 
 
 def run(spec: LoadSpec) -> LoadResult:

@@ -33,9 +33,12 @@ from service.core import ServedModel, Service
 from service.errors import InvalidRequest, ModelNotFound
 from service.oip_tensors import InputTensor, OutputTensor, byte_elements, numeric_array
 from service.pipeline import OutputFormat
+from service.runtime import class_argmax
 
 IMAGE, INPUT = "image", "input"
 OUTPUTS = ("labels", "png", "rle")  # the order outputs are returned in by default
+SCORES = "scores"  # only when asked for: float scores are 4 x classes the bytes of labels
+KNOWN_OUTPUTS = (*OUTPUTS, SCORES)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
 DTYPES = {"float32": "FP32", "float16": "FP16"}  # the card's input dtype as the protocol's
 T = TypeVar("T")
@@ -80,7 +83,8 @@ def leased_model(
 
 def model_metadata(service: Service, name: str, version: str | None) -> ModelMetadata:
     """What the protocol's model metadata says of ``name``; raises as ``served_model``."""
-    spec = served_model(service, name, version).card.input
+    card = served_model(service, name, version).card
+    spec = card.input
     return ModelMetadata(
         name=name,
         versions=[str(v) for v in service.repository.versions[name]],
@@ -93,6 +97,7 @@ def model_metadata(service: Service, name: str, version: str | None) -> ModelMet
             TensorMetadata("labels", "UINT8", [-1, -1, -1]),
             TensorMetadata("png", "BYTES", [-1]),
             TensorMetadata("rle", "BYTES", [-1]),
+            TensorMetadata(SCORES, "FP32", [-1, card.num_classes, spec.height, spec.width]),
         ],
     )
 
@@ -103,8 +108,8 @@ def check_outputs(names: list[str] | None) -> tuple[str, ...]:
     if names is None:
         return OUTPUTS
     for i, name in enumerate(names):
-        if name not in OUTPUTS:
-            raise InvalidRequest(f"unknown output '{name}' (outputs: {', '.join(OUTPUTS)})")
+        if name not in KNOWN_OUTPUTS:
+            raise InvalidRequest(f"unknown output '{name}' (outputs: {', '.join(KNOWN_OUTPUTS)})")
         if name in names[:i]:
             raise InvalidRequest(f"output '{name}' is requested twice")
     return tuple(names)
@@ -112,7 +117,7 @@ def check_outputs(names: list[str] | None) -> tuple[str, ...]:
 
 def format_label(names: Iterable[str]) -> str:
     """The metrics' ``format`` of a request for these outputs: "labels+png", ..."""
-    return "+".join(n for n in OUTPUTS if n in names)
+    return "+".join(n for n in KNOWN_OUTPUTS if n in names)
 
 
 def timeout_s(parameters: Mapping[str, Any], limit_s: float) -> float:
@@ -170,23 +175,26 @@ async def run(
     """Every image through the pipeline, each on its own so it batches with other requests';
     then the outputs ``names`` of each, encoded on the worker threads. ``deadline`` and
     ``client_gone`` as ``pipeline.segment`` takes them; raises as it does, and InvalidRequest
-    for images of different sizes when ``labels`` is wanted."""
-    if tensor.name == IMAGE:
+    for images of different sizes when ``labels`` is wanted. With ``scores`` wanted, every
+    output comes from the scores of the image stretched to the model's input size."""
+    if SCORES in names:
+        found = await _scored(service, served, tensor, deadline, client_gone)
+    elif tensor.name == IMAGE:
         labelled = await _all(
             pipeline.label_image(
                 service, served, data, OutputFormat.png, deadline=deadline, client_gone=client_gone
             )
             for data in byte_elements(tensor)
         )
-        found = [(item.labels, item.decoded.size) for item in labelled]
+        found = [(item.labels, item.decoded.size, None) for item in labelled]
     else:
         spec = served.card.input
         labels = await _all(
             pipeline.label_input(service, served, x, deadline=deadline, client_gone=client_gone)
             for x in numeric_array(tensor)
         )
-        found = [(item, (spec.width, spec.height)) for item in labels]
-    sizes = {size for _, size in found}
+        found = [(item, (spec.width, spec.height), None) for item in labels]
+    sizes = {size for _, size, _ in found}
     if "labels" in names and len(sizes) > 1:
         raise InvalidRequest(
             f"the images have different sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}) "
@@ -194,9 +202,39 @@ async def run(
             "'png' or 'rle' only"
         )
     encoded = await _all(
-        service.run_cpu(_encode, labels, size, served, names) for labels, size in found
+        service.run_cpu(_encode, labels, size, scores, served, names)
+        for labels, size, scores in found
     )
     return [_output(name, encoded) for name in names]
+
+
+Found = tuple[np.ndarray, tuple[int, int], np.ndarray | None]  # labels, image size, scores
+
+
+async def _scored(
+    service: Service,
+    served: ServedModel,
+    tensor: InputTensor,
+    deadline: float,
+    client_gone: Callable[[], Awaitable[None]] | None,
+) -> list[Found]:
+    """Each image's scores through the model's scores lane, and the labels they give."""
+    if tensor.name == IMAGE:
+        scored = await _all(
+            pipeline.score_image(service, served, data, deadline=deadline, client_gone=client_gone)
+            for data in byte_elements(tensor)
+        )
+        pairs = [(scores, decoded.size) for scores, decoded in scored]
+    else:
+        spec = served.card.input
+        scores = await _all(
+            pipeline.label_input(
+                service, served, x, scores=True, deadline=deadline, client_gone=client_gone
+            )
+            for x in numeric_array(tensor)
+        )
+        pairs = [(item, (spec.width, spec.height)) for item in scores]
+    return [(class_argmax(item[None])[0], size, item) for item, size in pairs]
 
 
 async def _all(coroutines: Iterable[Awaitable[T]]) -> list[T]:
@@ -211,12 +249,18 @@ async def _all(coroutines: Iterable[Awaitable[T]]) -> list[T]:
 
 
 def _encode(
-    labels: np.ndarray, size: tuple[int, int], served: ServedModel, names: tuple[str, ...]
+    labels: np.ndarray,
+    size: tuple[int, int],
+    scores: np.ndarray | None,
+    served: ServedModel,
+    names: tuple[str, ...],
 ) -> dict[str, Any]:
-    """One image's wanted outputs: labels at its size, and the png and rle of /segment."""
+    """One image's wanted outputs: labels at its size, the png and rle of /segment, scores."""
     out: dict[str, Any] = {}
     for name in names:
-        if name == "labels":
+        if name == SCORES:
+            out[name] = scores
+        elif name == "labels":
             out[name] = masks.resize_labels(labels, size)
         else:
             out[name] = pipeline.encode_mask(labels, size, served, OutputFormat(name))
@@ -227,4 +271,6 @@ def _output(name: str, encoded: list[dict[str, Any]]) -> OutputTensor:
     """Output ``name`` of every image, as one tensor."""
     if name == "labels":
         return OutputTensor.of_labels(np.stack([e[name] for e in encoded]))
+    if name == SCORES:
+        return OutputTensor.of_scores(np.stack([e[name] for e in encoded]).astype(np.float32))
     return OutputTensor.of_bytes(name, [e[name] for e in encoded])

@@ -45,8 +45,8 @@ class InputTensor:
 
 @dataclass(frozen=True, slots=True)
 class OutputTensor:
-    """One output of every image of a request: ``labels`` as one UINT8 array, or a BYTES
-    tensor of one encoded element per image."""
+    """One output of every image of a request: ``labels`` as one UINT8 array, ``scores`` as one
+    FP32 array, or a BYTES tensor of one encoded element per image."""
 
     name: str
     datatype: str
@@ -56,6 +56,10 @@ class OutputTensor:
     @classmethod
     def of_labels(cls, stacked: np.ndarray) -> OutputTensor:
         return cls("labels", "UINT8", stacked.shape, stacked)
+
+    @classmethod
+    def of_scores(cls, stacked: np.ndarray) -> OutputTensor:
+        return cls("scores", "FP32", stacked.shape, stacked)
 
     @classmethod
     def of_bytes(cls, name: str, elements: list[bytes]) -> OutputTensor:

@@ -37,6 +37,7 @@ from service.tiling import TileRun
 from service.waiting import unless_gone
 
 CARD_POLICY = PolicyRequest()  # no overrides: the card's input policy
+STRETCH = PolicyRequest(resize="stretch")
 
 
 class OutputFormat(StrEnum):
@@ -200,20 +201,43 @@ async def label_input(
     served: ServedModel,
     x: np.ndarray,
     *,
+    scores: bool = False,
     deadline: float,
     client_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> np.ndarray:
     """The model-sized uint8 labels of ``x``, an input the client prepared itself: (3, H, W) at
-    the model's input size, in any float dtype (cast to the model's). The batcher runs it with
-    other requests' images. Raises ValueError for another shape; else as ``segment`` does."""
+    the model's input size, in any float dtype (cast to the model's); with ``scores``, the
+    model's float32 scores (classes, H, W) instead, through the model's scores lane. The batcher
+    runs it with other requests' images. Raises ValueError for another shape; else as
+    ``segment`` does."""
     spec = served.card.input
     if x.shape != (3, spec.height, spec.width):
         raise ValueError(f"expected (3, {spec.height}, {spec.width}), got {x.shape}")
-    queued = served.batcher.enqueue(np.ascontiguousarray(x, spec.dtype), deadline=deadline)
+    lane = await served.lanes.get((spec.height, spec.width), scores) if scores else served.batcher
+    queued = lane.enqueue(np.ascontiguousarray(x, spec.dtype), deadline=deadline)
     done = await unless_gone(queued, client_gone)
     served.queue_wait.observe(done.queued_s)
-    labels: np.ndarray = done.value
-    return labels
+    answer: np.ndarray = done.value
+    return answer
+
+
+async def score_image(
+    service: Service,
+    served: ServedModel,
+    data: bytes,
+    *,
+    deadline: float,
+    client_gone: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[np.ndarray, imaging.DecodedImage]:
+    """The model's float32 scores (classes, H, W) for ``data`` stretched to its input size, and
+    the decoded image. Raises as ``segment`` does."""
+    stretch = policies.resolve(served.card.input, STRETCH, any_size=served.pool.any_size)
+    args = (data, served.card, OutputFormat.png, service.settings.max_pixels, stretch)
+    prepared = await service.run_cpu(prepare_input, *args)
+    scores = await label_input(
+        service, served, prepared.x, scores=True, deadline=deadline, client_gone=client_gone
+    )
+    return scores, prepared.decoded
 
 
 def prepare_input(

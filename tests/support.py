@@ -159,11 +159,17 @@ def write_tiny_model(
     return path
 
 
+def expected_scores(rgb: np.ndarray) -> np.ndarray:
+    """The tiny model's scores (3, H, W) for an (H, W, 3) uint8 image."""
+    x = rgb.astype(np.float32) / 255.0
+    return (np.einsum("hwc,kc->khw", x, _WEIGHTS[:, :, 0, 0]) + _BIAS[:, None, None]).astype(
+        np.float32
+    )
+
+
 def expected_labels(rgb: np.ndarray) -> np.ndarray:
     """The tiny model's answer for an (H, W, 3) uint8 image, computed at full resolution."""
-    x = rgb.astype(np.float32) / 255.0
-    scores = np.einsum("hwc,kc->hwk", x, _WEIGHTS[:, :, 0, 0]) + _BIAS
-    return scores.argmax(axis=-1).astype(np.uint8)
+    return expected_scores(rgb).argmax(axis=0).astype(np.uint8)
 
 
 def expected_mask(image: Image.Image, side: int) -> np.ndarray:

@@ -138,7 +138,7 @@ def _sizes() -> InferInput:
         ("tiny", lambda: [_int32_image()], ["png"], "INVALID_ARGUMENT", "input 'image' is BYTES"),
         ("tiny", lambda: [_fp32([1, 3, 32, 32])], ["png"], "INVALID_ARGUMENT", "[N,3,24,24]"),
         ("tiny", lambda: [_sizes()], ["labels"], "INVALID_ARGUMENT", "different sizes"),
-        ("tiny", lambda: [_sizes()], ["scores"], "INVALID_ARGUMENT", "unknown output 'scores'"),
+        ("tiny", lambda: [_sizes()], ["logits"], "INVALID_ARGUMENT", "unknown output 'logits'"),
         (
             "tiny",
             lambda: [images_input(png_declaring(3000, 3000))],  # 9 Mpx > the server's 4 Mpx

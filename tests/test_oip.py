@@ -20,6 +20,7 @@ from tests.images import encode, png_declaring, quadrants
 from tests.support import (
     Server,
     expected_labels,
+    expected_scores,
     images_tensor,
     metric_samples,
     oip_client,
@@ -74,7 +75,12 @@ def test_model_metadata_describes_inputs_and_outputs(triton: InferenceServerClie
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
         {"name": "input", "datatype": "FP32", "shape": [-1, 3, SIDE, SIDE]},
     ]
-    assert [o["name"] for o in metadata["outputs"]] == list(OUTPUTS)
+    assert [o["name"] for o in metadata["outputs"]] == [*OUTPUTS, "scores"]
+    assert metadata["outputs"][-1] == {
+        "name": "scores",
+        "datatype": "FP32",
+        "shape": [-1, 3, SIDE, SIDE],
+    }
     v1 = triton.get_model_metadata("tiny", "1")
     assert v1["inputs"][1]["shape"] == [-1, 3, 32, 32]
     assert triton.is_model_ready("tiny")
@@ -144,6 +150,30 @@ def test_preprocessed_tensors_are_segmented(
         np.testing.assert_array_equal(palette_labels(result.as_numpy("png")[i]), labels[i])
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_scores_come_only_when_asked_and_agree_with_the_labels(
+    triton: InferenceServerClient, binary: bool
+) -> None:
+    pixels, x = prepared_input(32, "FP32")  # tiny v1: logits at 32 x 32
+    tensor = InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    outputs = [*wanted("scores", binary=binary), *wanted("labels")]
+    result = triton.infer("tiny", [tensor], model_version="1", outputs=outputs)
+    scores = result.as_numpy("scores")
+    assert scores.shape == (2, 3, 32, 32)
+    assert scores.dtype == np.float32
+    for i in range(2):
+        np.testing.assert_allclose(scores[i], expected_scores(pixels[i]), atol=1e-5)
+    np.testing.assert_array_equal(result.as_numpy("labels"), scores.argmax(axis=1))
+    image = images_input(encode(quadrants(40, 30), "PNG"))
+    by_image = triton.infer("tiny", [image], outputs=wanted("scores", "png"))
+    one_hot = by_image.as_numpy("scores")  # tiny v2 outputs labels: its scores are one-hot
+    assert one_hot.shape == (1, 3, SIDE, SIDE)  # the model's input size
+    assert set(np.unique(one_hot)) <= {0.0, 1.0}
+    assert (one_hot.sum(axis=1) == 1).all()
+    assert triton.infer("tiny", [image]).as_numpy("scores") is None  # not a default output
+
+
 def test_images_of_different_sizes(triton: InferenceServerClient) -> None:
     small, large = encode(quadrants(40, 30), "PNG"), encode(quadrants(64, 48), "PNG")
     result = triton.infer("tiny", [images_input(small, large)], outputs=wanted("png"))
@@ -202,8 +232,8 @@ def test_errors_reach_the_client_with_our_message(
 
 def test_unknown_output_and_png_as_json_are_400(triton: InferenceServerClient) -> None:
     image = images_input(encode(quadrants(), "PNG"))
-    with pytest.raises(InferenceServerException, match="unknown output 'scores'"):
-        triton.infer("tiny", [image], outputs=wanted("scores"))
+    with pytest.raises(InferenceServerException, match="unknown output 'logits'"):
+        triton.infer("tiny", [image], outputs=wanted("logits"))
     with pytest.raises(InferenceServerException, match="binary_data"):
         triton.infer("tiny", [image], outputs=wanted("png", binary=False))
 
