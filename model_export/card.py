@@ -56,6 +56,7 @@ def card_from_checkpoint(
         width=config.width or ARCHITECTURES[config.architecture].default_width,
         data_seed=config.data_seed,
         scene_size=config.input_size,
+        max_side=config.max_side,
         optimizer=config.optimizer,
         lr=config.lr,
         batch_size=config.batch_size,

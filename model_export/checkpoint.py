@@ -26,6 +26,9 @@ class TrainConfig:
     val_length: int | None = None
     input_size: int = 128  # square model input, pixels
     crop_size: int | None = None  # square training crops; None: the input size
+    # Validate (and score the export) as the `native` policy serves: each image at its own size,
+    # scaled down so its long side is at most max_side. None: stretched to the input size.
+    max_side: int | None = None
     epochs: int = 20
     batch_size: int = 16
     optimizer: str = "adamw"  # adamw | sgd, both with a poly learning-rate decay

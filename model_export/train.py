@@ -18,7 +18,7 @@ from tqdm import tqdm
 from model_export.architectures import build_model
 from model_export.checkpoint import Checkpoint, TrainConfig
 from model_export.data import InMemory, TrainingSamples
-from model_export.datasets import IGNORE_INDEX, SegmentationDataset, open_dataset
+from model_export.datasets import IGNORE_INDEX, SYNTHETIC, SegmentationDataset, open_dataset
 from model_export.evaluate import evaluate, torch_predictor
 from model_export.transforms import Augment
 
@@ -75,7 +75,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         samples.epoch = epoch
         loader.generator.manual_seed(config.seed + epoch)  # type: ignore[union-attr]
         loss = trainer.run_epoch(epoch, loader, progress)
-        scores = evaluate(torch_predictor(trainer.model, device), val_set, config.input_spec())
+        predict = torch_predictor(trainer.model, device)
+        scores = evaluate(predict, val_set, config.input_spec(), max_side=config.max_side)
         record = {
             "epoch": epoch + 1,
             "loss": loss,
@@ -102,7 +103,7 @@ def _prepare(config: TrainConfig) -> torch.device:
 
 def _splits(config: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
-    if config.dataset == "shapes":
+    if config.dataset in SYNTHETIC:
         return InMemory(train_set), InMemory(val_set)
     return train_set, val_set
 
