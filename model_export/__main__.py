@@ -82,6 +82,11 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         help="validate as the native policy serves: each image at its own size, long side "
         "scaled down to at most this (default: stretched to the input size)",
     )
+    _field(
+        p,
+        "--init-from",
+        help="start from the weights of this exported ONNX model (same architecture and width)",
+    )
     _field(p, "--epochs", type=int, help="(%(default)s)")
     _field(p, "--batch-size", type=int, help="(%(default)s)")
     _field(

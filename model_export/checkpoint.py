@@ -29,6 +29,8 @@ class TrainConfig:
     # Validate (and score the export) as the `native` policy serves: each image at its own size,
     # scaled down so its long side is at most max_side. None: stretched to the input size.
     max_side: int | None = None
+    # Start from the weights of this exported ONNX model (same architecture and width).
+    init_from: str | None = None
     epochs: int = 20
     batch_size: int = 16
     optimizer: str = "adamw"  # adamw | sgd, both with a poly learning-rate decay
