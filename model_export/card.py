@@ -71,14 +71,17 @@ def card_from_checkpoint(
     )
 
 
-def with_scores(card: ModelCard, scores: Scores, split: str, images: int) -> ModelCard:
+def with_scores(
+    card: ModelCard, scores: Scores, split: str, images: int, max_side: int | None = None
+) -> ModelCard:
     """``card`` with the scores of the exported file on ``split``; mIoU lands in ``test_miou``
     only when the split really is held out (a VOC-style dataset is scored on ``val``)."""
     assert card.training is not None
     update: dict[str, object] = {
         "pixel_accuracy": round(scores.pixel_accuracy, 4),
         "per_class_iou": {k: round(v, 4) for k, v in scores.per_class_iou.items()},
-        "scored_on": f"{split} split, {images} images, ONNX Runtime",
+        "scored_on": f"{split} split, {images} images, ONNX Runtime"
+        + (f", native policy (long side <= {max_side})" if max_side else ""),
     }
     if split == "test":
         update["test_miou"] = round(scores.miou, 4)

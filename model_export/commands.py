@@ -112,7 +112,7 @@ def export(args: argparse.Namespace) -> int:
     written = card_of_file(out)
     predict = onnx_predictor(onnx_session(out))
     scores = score(predict, data, written.input, progress=True, max_side=config.max_side)
-    write_card(out, with_scores(written, scores, split, len(data)))
+    write_card(out, with_scores(written, scores, split, len(data), config.max_side))
     print(f"{data.name} {split} ({len(data)} images), ONNX Runtime\n{scores.table()}")
     return 0
 
