@@ -56,13 +56,15 @@ model: $(VENV)/.dev
 		--out runs/shapes-fcn-2a/model.onnx
 	$(BIN)/python -m model_export train $(MULTISCALE) --crop-size 288 --batch-size 12 \
 		--lr 5e-4 --epochs 18 --init-from runs/shapes-fcn-2a/model.onnx --run-dir runs/shapes-fcn-2
-	$(BIN)/python -m model_export export runs/shapes-fcn-2/best.pt \
+	$(BIN)/python -m model_export export runs/shapes-fcn-2/best.pt --max-side $(MAX_SIDE) \
 		--out models/shapes-fcn/2/model.onnx \
 		--description "$(MODEL_2_DESCRIPTION)"
-	$(BIN)/python -m bench.scales --data own --scenes 300 --max-sides $(MAX_SIDE) --record \
+	$(BIN)/python -m bench.scales --data own --scenes 300 --max-sides $(SIDES) --record \
 		--json bench/results/scales/own.json
-	$(BIN)/python -m bench.scales --data second --scenes 200 --max-sides $(MAX_SIDE) --record \
+	$(BIN)/python -m bench.scales --data second --scenes 200 --max-sides $(SIDES) --record \
+		--stretch models/shapes-fcn/1/model.onnx --stretch models/shapes-fcn/2/model.onnx \
 		--json bench/results/scales/second.json
+SIDES := 256,384,512,640
 MODEL_2_DESCRIPTION := Mobile FCN: circles, squares, triangles and stars from 8 px to the whole \
 	frame. Default input policy: native, max_side $(MAX_SIDE) (input.resize=native, \
 	input.max_side=$(MAX_SIDE) once the card schema has them)

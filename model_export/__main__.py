@@ -158,6 +158,12 @@ def _export_options(p: argparse.ArgumentParser) -> None:
         help="parity limit on max |ONNX - PyTorch| logit (1e-4 fp32, 5e-2 fp16)",
     )
     p.add_argument(
+        "--max-side",
+        type=int,
+        help="score the export as the native policy runs it at this long-side limit, and "
+        "record it in the card (default: the checkpoint's; 0 = stretch)",
+    )
+    p.add_argument(
         "--eval-split",
         default="test",
         choices=("val", "test", "none"),

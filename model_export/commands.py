@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from model_export.annotate import annotate as annotate_model
@@ -74,6 +75,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint.load(args.checkpoint)
+    if args.max_side is not None:  # the policy the card's scores (and max_side) describe
+        checkpoint = replace(
+            checkpoint, config=replace(checkpoint.config, max_side=args.max_side or None)
+        )
     config = checkpoint.config
     name = args.name or config.name
     out = args.out or Path("models") / name / "1" / "model.onnx"
