@@ -57,6 +57,7 @@ def card_from_checkpoint(
         data_seed=config.data_seed,
         scene_size=config.input_size,
         max_side=config.max_side,
+        init_from=config.init_from,
         optimizer=config.optimizer,
         lr=config.lr,
         batch_size=config.batch_size,
