@@ -45,7 +45,7 @@ typecheck: $(VENV)/.dev
 # Export with the parity check, score the exported file on the held-out split (native policy)
 # into its card, then on the second generator's 640x480 scenes (tests/scenes.py, never trained
 # on) into its card too. See docs/MODEL.md.
-MAX_SIDE := 640
+MAX_SIDE := 320
 MULTISCALE := --name shapes-fcn --architecture mobile-fcn --width 16 --dataset shapes-multiscale \
 	--input-size 512 --max-side 640 --train-length 1200 --val-length 100 --seed 0 --data-seed 0 \
 	--threads 1
@@ -64,7 +64,7 @@ model: $(VENV)/.dev
 	$(BIN)/python -m bench.scales --data second --scenes 200 --max-sides $(SIDES) --record \
 		--stretch models/shapes-fcn/1/model.onnx --stretch models/shapes-fcn/2/model.onnx \
 		--json bench/results/scales/second.json
-SIDES := 256,384,512,640
+SIDES := 256,320,384,448,512,640
 MODEL_2_DESCRIPTION := Mobile FCN: circles, squares, triangles and stars from 8 px to the whole \
 	frame. Default input policy: native, max_side $(MAX_SIDE) (input.resize=native, \
 	input.max_side=$(MAX_SIDE) once the card schema has them)
