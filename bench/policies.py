@@ -1,12 +1,13 @@
 """The input policies' targets (docs/PERFORMANCE.md), measured in one run and judged.
 
-    python -m bench.policies                      # default model, ~4 minutes on 2 cores
-    python -m bench.policies --tile 256 --default-resize native
+    python -m bench.policies                      # the bundled models, ~4 minutes on 2 cores
+    python -m bench.policies --model my/1/model.onnx --today my/0/model.onnx --tile 256
 
 1. tiled throughput through the service (windows/s, 4000x3000 JPEGs, concurrency 8) >= 0.9 x
    the in-process limit for the same windows (``bench.offline --resize tiles``);
 2. peak RSS growth of a fresh server for one 4000x3000 tiled request <= 64 MiB over idle;
-3. a lone 640x480 request under the model's default policy: p50 <= 2.5 x stretch's.
+3. a lone 640x480 request to ``--model`` under its card's policy: p50 <= 2.5 x a lone request
+   to ``--today`` (the model it replaces) under that one's.
 
 Servers run as subprocesses on 127.0.0.1 and are stopped by PID; the load runs in its own
 process (``bench.loadtest``, raw client).
@@ -23,10 +24,18 @@ import httpx
 
 from bench.images import sample_jpeg
 from bench.procstat import load_average
-from bench.server import DEFAULT_MODEL, ROOT, run_loadtest, run_offline, serve
+from bench.server import (
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_REPOSITORY,
+    ROOT,
+    run_loadtest,
+    run_offline,
+    serve,
+)
 from bench.targets import Verdict
 
 RESULTS = ROOT / "bench" / "results" / "policies"
+LATEST_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "2" / "model.onnx"
 MIB = 1024 * 1024
 
 
@@ -36,15 +45,15 @@ class Measured:
     served: dict  # bench.loadtest, tiles, large image, c=8
     idle_rss_bytes: int
     peak_rss_bytes: int
-    lone_default: dict  # bench.loadtest c=1, the card's policy (or --default-resize)
-    lone_stretch: dict
+    lone_default: dict  # bench.loadtest c=1, --model under its card's policy
+    lone_today: dict  # the same, --today
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=LATEST_MODEL)
+    parser.add_argument("--today", type=Path, default=DEFAULT_MODEL, help="the model it replaces")
     parser.add_argument("--tile", type=int, help="tiles: window side (default: the card's)")
-    parser.add_argument("--default-resize", help="the policy to judge instead of the card's")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
@@ -70,15 +79,11 @@ def measure(args: argparse.Namespace) -> Measured:
         )  # fmt: skip
     idle, peak = _one_request_peak(args.model, out, tiles)
     lone = ["--concurrency=1", f"--duration={args.duration}", "--client=raw"]
-    default = [f"--query=resize={args.default_resize}"] if args.default_resize else []
     with serve("segserve", args.model, out / "server-lone.log") as server:
-        lone_default = run_loadtest(
-            server.base_url, server.pid, out / "lone-default.json", *lone, *default
-        )
-        lone_stretch = run_loadtest(
-            server.base_url, server.pid, out / "lone-stretch.json", *lone, "--query=resize=stretch"
-        )
-    return Measured(offline, served, idle, peak, lone_default, lone_stretch)
+        lone_default = run_loadtest(server.base_url, server.pid, out / "lone-model.json", *lone)
+    with serve("segserve", args.today, out / "server-today.log") as server:
+        lone_today = run_loadtest(server.base_url, server.pid, out / "lone-today.json", *lone)
+    return Measured(offline, served, idle, peak, lone_default, lone_today)
 
 
 def _one_request_peak(model: Path, out: Path, tiles: list[str]) -> tuple[int, int]:
@@ -108,7 +113,7 @@ def judge(m: Measured) -> list[Verdict]:
     limit = m.offline["limit_images_per_s"] * windows
     served = m.served["throughput_rps"] * windows
     growth = m.peak_rss_bytes - m.idle_rss_bytes
-    p50, stretch_p50 = m.lone_default["latency_ms"]["p50"], m.lone_stretch["latency_ms"]["p50"]
+    p50, today_p50 = m.lone_default["latency_ms"]["p50"], m.lone_today["latency_ms"]["p50"]
     return [
         Verdict(
             "tiled windows/s, c=8, vs offline",
@@ -123,10 +128,10 @@ def judge(m: Measured) -> list[Verdict]:
             growth <= 64 * MIB,
         ),
         Verdict(
-            "lone 640x480 p50, default policy vs stretch",
-            f"{p50:.2f} / {stretch_p50:.2f} ms = {p50 / stretch_p50:.2f} x",
+            "lone 640x480 p50, the model (its policy) vs the one it replaces",
+            f"{p50:.2f} / {today_p50:.2f} ms = {p50 / today_p50:.2f} x",
             "<= 2.5 x",
-            p50 <= 2.5 * stretch_p50,
+            p50 <= 2.5 * today_p50,
         ),
     ]
 

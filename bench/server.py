@@ -134,14 +134,15 @@ def command_for(kind: str, model: Path, port: int, variant: list[str] | None = N
 
 
 def segserve_env(model: Path, port: int, settings: dict[str, str]) -> dict[str, str]:
-    """A clean SEGSERVE_ environment serving only ``model``'s repository, on loopback."""
+    """A clean SEGSERVE_ environment serving ``model`` alone (not the other versions beside it,
+    which a request naming no version would otherwise reach), on loopback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
-    repository = model.parent.parent.parent  # <repo>/<name>/<version>/model.onnx
+    repository = single_version_repository(model)
     return (
         env
         | {
             "SEGSERVE_MODEL_REPOSITORY": str(repository),
-            "SEGSERVE_DEFAULT_MODEL": model.parent.parent.name,
+            "SEGSERVE_DEFAULT_MODEL": next(repository.iterdir()).name,
             "SEGSERVE_HOST": "127.0.0.1",
             "SEGSERVE_PORT": str(port),
             # Everything else at its default (JSON access log included): the bench measures what
@@ -150,6 +151,22 @@ def segserve_env(model: Path, port: int, settings: dict[str, str]) -> dict[str, 
         }
         | settings
     )
+
+
+def single_version_repository(model: Path) -> Path:
+    """A repository (links under bench/results/tmp) that holds ``model`` as its only version:
+    ``<name>/<version>/model.onnx`` as in its own repository, or ``<stem>/1`` for a loose file."""
+    version_dir = model.parent
+    if version_dir.name.isdigit():
+        name, version = version_dir.parent.name, version_dir.name
+    else:
+        name, version = model.stem, "1"
+    root = ROOT / "bench" / "results" / "tmp" / f"repo-{name}-{version}"
+    link = root / name / version / "model.onnx"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(model.resolve())
+    return root
 
 
 @contextlib.contextmanager

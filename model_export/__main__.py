@@ -75,6 +75,18 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="square training crops (default: the input size); smaller is cheaper",
     )
+    _field(
+        p,
+        "--max-side",
+        type=int,
+        help="validate as the native policy serves: each image at its own size, long side "
+        "scaled down to at most this (default: stretched to the input size)",
+    )
+    _field(
+        p,
+        "--init-from",
+        help="start from the weights of this exported ONNX model (same architecture and width)",
+    )
     _field(p, "--epochs", type=int, help="(%(default)s)")
     _field(p, "--batch-size", type=int, help="(%(default)s)")
     _field(
@@ -120,6 +132,12 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--length", type=int, help="shapes: scenes to evaluate (500 for test)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        help="run each image as the native policy does, long side scaled down to at most this "
+        "(default: the model's training setting; 0 = stretch to the input size)",
+    )
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
@@ -138,6 +156,12 @@ def _export_options(p: argparse.ArgumentParser) -> None:
         "--max-logit-diff",
         type=float,
         help="parity limit on max |ONNX - PyTorch| logit (1e-4 fp32, 5e-2 fp16)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        help="score the export as the native policy runs it at this long-side limit, and "
+        "record it in the card (default: the checkpoint's; 0 = stretch)",
     )
     p.add_argument(
         "--eval-split",

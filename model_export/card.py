@@ -56,6 +56,8 @@ def card_from_checkpoint(
         width=config.width or ARCHITECTURES[config.architecture].default_width,
         data_seed=config.data_seed,
         scene_size=config.input_size,
+        max_side=config.max_side,
+        init_from=config.init_from,
         optimizer=config.optimizer,
         lr=config.lr,
         batch_size=config.batch_size,
@@ -70,14 +72,17 @@ def card_from_checkpoint(
     )
 
 
-def with_scores(card: ModelCard, scores: Scores, split: str, images: int) -> ModelCard:
+def with_scores(
+    card: ModelCard, scores: Scores, split: str, images: int, max_side: int | None = None
+) -> ModelCard:
     """``card`` with the scores of the exported file on ``split``; mIoU lands in ``test_miou``
     only when the split really is held out (a VOC-style dataset is scored on ``val``)."""
     assert card.training is not None
     update: dict[str, object] = {
         "pixel_accuracy": round(scores.pixel_accuracy, 4),
         "per_class_iou": {k: round(v, 4) for k, v in scores.per_class_iou.items()},
-        "scored_on": f"{split} split, {images} images, ONNX Runtime",
+        "scored_on": f"{split} split, {images} images, ONNX Runtime"
+        + (f", native policy (long side <= {max_side})" if max_side else ""),
     }
     if split == "test":
         update["test_miou"] = round(scores.miou, 4)

@@ -26,6 +26,11 @@ class TrainConfig:
     val_length: int | None = None
     input_size: int = 128  # square model input, pixels
     crop_size: int | None = None  # square training crops; None: the input size
+    # Validate (and score the export) as the `native` policy serves: each image at its own size,
+    # scaled down so its long side is at most max_side. None: stretched to the input size.
+    max_side: int | None = None
+    # Start from the weights of this exported ONNX model (same architecture and width).
+    init_from: str | None = None
     epochs: int = 20
     batch_size: int = 16
     optimizer: str = "adamw"  # adamw | sgd, both with a poly learning-rate decay
@@ -39,7 +44,12 @@ class TrainConfig:
     threads: int = 0  # CPU threads for PyTorch; 0 = its default (one per core)
 
     def input_spec(self) -> InputSpec:
-        return InputSpec(height=self.input_size, width=self.input_size)
+        """The card's input: served as it was validated (native at max_side, or stretched)."""
+        if self.max_side is None:
+            return InputSpec(height=self.input_size, width=self.input_size)
+        return InputSpec(
+            height=self.input_size, width=self.input_size, resize="native", max_side=self.max_side
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from model_export.annotate import annotate as annotate_model
 from model_export.annotate import signature
 from model_export.card import card_from_checkpoint, card_of_file, with_scores, write_card
 from model_export.checkpoint import Checkpoint, TrainConfig, sha256
-from model_export.datasets import open_dataset
+from model_export.datasets import SYNTHETIC, open_dataset
 from model_export.evaluate import evaluate as score
 from model_export.evaluate import onnx_predictor, onnx_session, torch_predictor
 from model_export.export import PARITY, Tolerance
@@ -47,6 +48,7 @@ def evaluate(args: argparse.Namespace) -> int:
         dataset, root, seed, size = (
             config.dataset, config.data_root, config.data_seed, config.input_size
         )  # fmt: skip
+        max_side = config.max_side
     else:
         card = card_of_file(args.onnx)
         spec = card.input
@@ -54,6 +56,7 @@ def evaluate(args: argparse.Namespace) -> int:
         extra = (card.training.model_extra if card.training else None) or {}
         dataset = card.training.dataset if card.training else "shapes"
         root, seed, size = None, extra.get("data_seed", 0), extra.get("scene_size", spec.height)
+        max_side = extra.get("max_side")
     data = open_dataset(
         args.dataset or dataset,
         args.split,
@@ -62,13 +65,20 @@ def evaluate(args: argparse.Namespace) -> int:
         size=size,
         length=args.length,
     )
-    scores = score(predict, data, spec, progress=True)
-    print(f"{data.name} {args.split} ({len(data)} images)\n{scores.table()}")
+    if args.max_side is not None:
+        max_side = args.max_side or None
+    scores = score(predict, data, spec, progress=True, max_side=max_side)
+    how = f"native, long side <= {max_side}" if max_side else "stretched"
+    print(f"{data.name} {args.split} ({len(data)} images), {how}\n{scores.table()}")
     return 0
 
 
 def export(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint.load(args.checkpoint)
+    if args.max_side is not None:  # the policy the card's scores (and max_side) describe
+        checkpoint = replace(
+            checkpoint, config=replace(checkpoint.config, max_side=args.max_side or None)
+        )
     config = checkpoint.config
     name = args.name or config.name
     out = args.out or Path("models") / name / "1" / "model.onnx"
@@ -95,7 +105,7 @@ def export(args: argparse.Namespace) -> int:
         return 0
     # Score the file that will be served, in ONNX Runtime, and record that in its card.
     split = args.eval_split
-    if config.dataset != "shapes" and split == "test":
+    if config.dataset not in SYNTHETIC and split == "test":
         split = "val"  # VOC-style datasets publish no test masks
     data = open_dataset(
         config.dataset,
@@ -105,8 +115,9 @@ def export(args: argparse.Namespace) -> int:
         size=config.input_size,
     )
     written = card_of_file(out)
-    scores = score(onnx_predictor(onnx_session(out)), data, written.input, progress=True)
-    write_card(out, with_scores(written, scores, split, len(data)))
+    predict = onnx_predictor(onnx_session(out))
+    scores = score(predict, data, written.input, progress=True, max_side=config.max_side)
+    write_card(out, with_scores(written, scores, split, len(data), config.max_side))
     print(f"{data.name} {split} ({len(data)} images), ONNX Runtime\n{scores.table()}")
     return 0
 

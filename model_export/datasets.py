@@ -1,6 +1,8 @@
 """Segmentation datasets as (image, mask) pairs of numpy arrays: no torch here.
 
 * ``shapes`` — synthetic scenes (``shapes.py``), deterministic from ``(seed, index)``.
+* ``shapes-multiscale`` — the same classes from 8 px to the whole frame, frames of any aspect
+               ratio, JPEG at random quality (``shapes_multiscale.py``); same determinism.
 * ``voc``    — the PASCAL-VOC folder layout: JPEGImages/, SegmentationClass/ palette PNGs,
                ImageSets/Segmentation/{train,val}.txt; 255 marks pixels to ignore.
 * ``folder`` — ``images/`` and ``masks/`` with matching file stems (masks hold class ids).
@@ -19,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from model_export.shapes import SHAPE_CLASSES, render_scene
+from model_export.shapes_multiscale import Scene, render_multiscale
 from service.model_card import RGB, voc_palette
 
 IGNORE_INDEX = 255
@@ -93,6 +96,31 @@ class ShapesDataset:
         return _SHAPES_SPLIT_OFFSET[self.split] + index
 
 
+@dataclass(frozen=True)
+class MultiscaleShapesDataset:
+    """``length`` multi-scale scenes of one split, each at its own size; split index blocks as
+    in ``ShapesDataset``."""
+
+    split: Split = "train"
+    length: int = 1500
+    seed: int = 0
+    name: str = "shapes-multiscale"
+    classes: Sequence[str] = SHAPE_CLASSES
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        scene = self.scene(index)
+        return scene.image, scene.mask
+
+    def scene(self, index: int) -> Scene:
+        """The whole scene, with its instance map and radii (for per-object recall)."""
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return render_multiscale(self.seed, _SHAPES_SPLIT_OFFSET[self.split] + index)
+
+
 class _PairedFiles:
     """Images and masks listed up front; loaded on access."""
 
@@ -160,7 +188,8 @@ class FolderDataset(_PairedFiles):
         super().__init__("folder", classes, pairs)
 
 
-DATASETS = ("shapes", "voc", "folder")
+DATASETS = ("shapes", "shapes-multiscale", "voc", "folder")
+SYNTHETIC = ("shapes", "shapes-multiscale")  # rendered from (seed, index): a test split exists
 
 
 def open_dataset(
@@ -172,10 +201,14 @@ def open_dataset(
     size: int = 128,
     length: int | None = None,
 ) -> SegmentationDataset:
-    """One split of a dataset by name. ``seed``/``size``/``length`` apply to ``shapes`` only."""
+    """One split of a dataset by name. ``seed``/``length`` apply to the synthetic datasets
+    only, ``size`` to ``shapes`` only (multi-scale scenes choose their own)."""
     if name == "shapes":
         default_length = {"train": 2000, "val": 200, "test": 500}[split]
         return ShapesDataset(split=split, length=length or default_length, size=size, seed=seed)
+    if name == "shapes-multiscale":
+        default_length = {"train": 1500, "val": 100, "test": 300}[split]
+        return MultiscaleShapesDataset(split=split, length=length or default_length, seed=seed)
     if root is None:
         raise ValueError(f"dataset '{name}' needs a root folder (--data-root)")
     if name == "voc":

@@ -2,9 +2,10 @@
 
 Every image goes through the service's own preprocessing (``service.imaging.prepare``: stretch
 to the model's input size, normalise) and every predicted mask through its own resize back
-(``service.masks.resize_labels``), so the scores describe what clients get. The model is anything
-that maps a float (N, 3, H, W) batch to uint8 (N, H, W) labels: a PyTorch module or an ONNX
-Runtime session.
+(``service.masks.resize_labels``), so the scores describe what clients get. With ``max_side``
+each image is run as the service's ``native`` policy runs it instead (``native_labels``).
+The model is anything that maps a float (N, 3, H, W) batch to uint8 (N, H, W) labels: a PyTorch
+module or an ONNX Runtime session.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.masks import resize_labels
 from service.model_card import InputSpec
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) float -> (N, H, W) uint8
+STRIDE = 32  # every architecture's total stride (architectures.OUTPUT_STRIDE)
 
 
 def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") -> Predict:
@@ -63,8 +65,16 @@ def evaluate(
     *,
     batch_size: int = 16,
     progress: bool = False,
+    max_side: int | None = None,
 ) -> Scores:
+    """Scores of ``predict`` on ``dataset``: stretched to ``spec``'s size, or, with ``max_side``,
+    one image at a time at its own size (long side at most ``max_side``)."""
     confusion = ConfusionMatrix(dataset.classes)
+    if max_side is not None:
+        for i in tqdm(range(len(dataset)), desc=dataset.name, disable=not progress, leave=False):
+            image, truth = dataset[i]
+            confusion.update(native_labels(predict, image, spec, max_side), truth)
+        return confusion.scores()
     for images, masks in tqdm(
         _batches(dataset, batch_size),
         total=-(-len(dataset) // batch_size),
@@ -76,6 +86,34 @@ def evaluate(
         for labels, truth in zip(predict(batch), masks, strict=True):
             confusion.update(resize_labels(labels, (truth.shape[1], truth.shape[0])), truth)
     return confusion.scores()
+
+
+def native_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(W, H) the ``native`` policy runs an image at: scaled so that its long side is at most
+    ``max_side``, never up, aspect ratio kept (each side at least 1)."""
+    factor = min(1.0, max_side / max(width, height))
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def native_input(image: np.ndarray, spec: InputSpec, max_side: int) -> tuple[np.ndarray, int, int]:
+    """((3, H', W') float input, h, w): the image at its native size (h, w), normalised as the
+    service does, zero-padded right and bottom to a multiple of ``STRIDE`` (zero is the mean
+    colour after normalisation)."""
+    w, h = native_size(image.shape[1], image.shape[0], max_side)
+    x = prepare(Image.fromarray(image), spec.model_copy(update={"height": h, "width": w}))
+    padded = np.zeros((3, -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE), x.dtype)
+    padded[:, :h, :w] = x
+    return padded, h, w
+
+
+def native_labels(
+    predict: Predict, image: np.ndarray, spec: InputSpec, max_side: int
+) -> np.ndarray:
+    """(H, W) uint8 labels for ``image`` under the ``native`` policy: run padded at the native
+    size, cropped, argmax, nearest-resized back to the image's size."""
+    x, h, w = native_input(image, spec, max_side)
+    labels = predict(x[None])[0, :h, :w]
+    return resize_labels(np.ascontiguousarray(labels), (image.shape[1], image.shape[0]))
 
 
 def _batches(

@@ -55,3 +55,56 @@ class ConfusionMatrix:
                 c: float(v) for c, v, ok in zip(self.classes, iou, present, strict=True) if ok
             },
         )
+
+
+# Radius bands (pixels, at the image's own size) for per-object recall: [low, high).
+SIZE_BANDS_PX = ((0.0, 10.0), (10.0, 40.0), (40.0, 80.0), (80.0, float("inf")))
+
+
+def band_name(band: tuple[float, float]) -> str:
+    low, high = band
+    if low == 0:
+        return f"<{high:g}"
+    return f">{low:g}" if high == float("inf") else f"{low:g}-{high:g}"
+
+
+class ObjectRecall:
+    """Per-object recall by radius band: an object counts as found when at least half of its
+    visible pixels are predicted as its class. Objects with no visible pixel are not counted."""
+
+    def __init__(self, bands: tuple[tuple[float, float], ...] = SIZE_BANDS_PX) -> None:
+        self.bands = bands
+        self.found = np.zeros(len(bands), np.int64)
+        self.total = np.zeros(len(bands), np.int64)
+
+    def update(
+        self,
+        predicted: np.ndarray,
+        instances: np.ndarray,
+        classes: np.ndarray,
+        radii_px: np.ndarray,
+    ) -> None:
+        """``instances``: (H, W) object numbers, 0 = none; object k has class ``classes[k - 1]``
+        and radius ``radii_px[k - 1]``."""
+        ids = instances.ravel().astype(np.int64)
+        n = len(classes)
+        class_of = np.concatenate([[-1], np.asarray(classes, np.int64)])
+        hits = predicted.ravel().astype(np.int64) == class_of[ids]
+        pixels = np.bincount(ids, minlength=n + 1)[1:]
+        correct = np.bincount(ids, weights=hits, minlength=n + 1)[1:]
+        for pixels_k, correct_k, radius in zip(pixels, correct, radii_px, strict=True):
+            if pixels_k == 0:
+                continue
+            band = next(i for i, (lo, hi) in enumerate(self.bands) if lo <= radius < hi)
+            self.total[band] += 1
+            self.found[band] += int(correct_k >= 0.5 * pixels_k)
+
+    def recall(self) -> dict[str, float | None]:
+        """Found / counted per band (None where no object fell in the band)."""
+        return {
+            band_name(b): (float(f / t) if t else None)
+            for b, f, t in zip(self.bands, self.found, self.total, strict=True)
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {band_name(b): int(t) for b, t in zip(self.bands, self.total, strict=True)}

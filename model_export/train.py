@@ -18,9 +18,10 @@ from tqdm import tqdm
 from model_export.architectures import build_model
 from model_export.checkpoint import Checkpoint, TrainConfig
 from model_export.data import InMemory, TrainingSamples
-from model_export.datasets import IGNORE_INDEX, SegmentationDataset, open_dataset
+from model_export.datasets import IGNORE_INDEX, SYNTHETIC, SegmentationDataset, open_dataset
 from model_export.evaluate import evaluate, torch_predictor
 from model_export.transforms import Augment
+from model_export.warm_start import load_exported
 
 POLY_POWER = 0.9
 
@@ -70,12 +71,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     state = Checkpoint(config, classes, trainer.model.state_dict())
     if resume and (run_dir / "last.pt").is_file():
         state = trainer.restore(Checkpoint.load(run_dir / "last.pt"))
+    elif config.init_from:
+        calibration, _ = next(iter(loader))  # reseeded per epoch below: the run is unchanged
+        diff = load_exported(trainer.model, Path(config.init_from), calibration.to(device))
+        tqdm.write(f"warm start from {config.init_from} (max |logit - ONNX| {diff:.1e})")
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
         samples.epoch = epoch
         loader.generator.manual_seed(config.seed + epoch)  # type: ignore[union-attr]
         loss = trainer.run_epoch(epoch, loader, progress)
-        scores = evaluate(torch_predictor(trainer.model, device), val_set, config.input_spec())
+        predict = torch_predictor(trainer.model, device)
+        scores = evaluate(predict, val_set, config.input_spec(), max_side=config.max_side)
         record = {
             "epoch": epoch + 1,
             "loss": loss,
@@ -102,7 +108,7 @@ def _prepare(config: TrainConfig) -> torch.device:
 
 def _splits(config: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
-    if config.dataset == "shapes":
+    if config.dataset in SYNTHETIC:
         return InMemory(train_set), InMemory(val_set)
     return train_set, val_set
 
