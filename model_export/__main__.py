@@ -126,10 +126,15 @@ def _field(p: argparse.ArgumentParser, flag: str, **options: Any) -> None:
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", type=Path, help="a .pt checkpoint from `train`")
-    which.add_argument("--onnx", type=Path, help="an ONNX model with a card")
+    which.add_argument(
+        "model", type=Path, nargs="?", help="a .pt checkpoint from `train`, or an ONNX model"
+    )
+    which.add_argument("--checkpoint", type=Path, help="the same as MODEL, a .pt checkpoint")
+    which.add_argument("--onnx", type=Path, help="the same as MODEL, an ONNX model with a card")
     _data_options(p, defaults=None)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="(%(default)s)"
+    )
     p.add_argument("--length", type=int, help="shapes: scenes to evaluate (500 for test)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     p.add_argument(
@@ -144,7 +149,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a .pt checkpoint from `train` (best.pt)")
     p.add_argument("--out", type=Path, help="default models/NAME/1/model.onnx")
     p.add_argument("--name", help="model name in the card (default: the checkpoint's)")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="", help="one line for the card")
     p.add_argument("--fp16", action="store_true", help="half-precision weights and input")
     p.add_argument(
         "--labels",
@@ -173,7 +178,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _annotate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, help="the ONNX model to annotate")
     p.add_argument("--out", type=Path, help="write here instead of in place")
     p.add_argument("--card", type=Path, help="a card as JSON; the options below are then ignored")
     p.add_argument("--name", help="model name ([A-Za-z0-9._-])")
@@ -181,13 +186,13 @@ def _annotate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", help="HxW the model expects, e.g. 512x512")
     p.add_argument("--mean", default="0.485,0.456,0.406", help="per-channel mean (%(default)s)")
     p.add_argument("--std", default="0.229,0.224,0.225", help="per-channel std (%(default)s)")
-    p.add_argument("--architecture", default="unknown")
-    p.add_argument("--dataset", default="unknown")
-    p.add_argument("--description", default="")
+    p.add_argument("--architecture", default="unknown", help="for the card (%(default)s)")
+    p.add_argument("--dataset", default="unknown", help="trained on, for the card (%(default)s)")
+    p.add_argument("--description", default="", help="one line for the card")
 
 
 def _inspect_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, help="an ONNX model")
     p.add_argument(
         "--latency",
         type=int,

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from model_export.card import write_card
+from model_export.card import load_onnx, write_card
 from service.model_card import ModelCard
 from service.signature import OutputKind, SignatureError, Tensor, servable
 
@@ -48,7 +48,7 @@ def _tensor(value: onnx.ValueInfoProto) -> Tensor:
 def annotate(path: Path, card: ModelCard, out: Path | None = None) -> ModelCard:
     """Check ``path``, run it once, then write ``card`` (input dtype and output kind taken from
     the graph) into it, in place or to ``out``. Returns the card written."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path, external_data=False)
     dtype, kind = graph_signature(model)
     card = card.model_copy(
         update={

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import helper
 
 from model_export.architectures import ARCHITECTURES
@@ -91,15 +92,26 @@ def with_scores(
     return card.model_copy(update={"training": card.training.model_copy(update=update)})
 
 
+def load_onnx(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
+    """The ONNX model in ``path``; FileNotFoundError when there is none, ValueError naming the
+    file when it is not ONNX (rather than protobuf's own parse error)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except DecodeError as exc:
+        raise ValueError(f"{path}: not an ONNX model (it does not parse as one: {exc})") from exc
+
+
 def card_of_file(path: Path) -> ModelCard:
     """The card in the ONNX file ``path``; InvalidCard (a ValueError) when it has none."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path, external_data=False)
     return ModelCard.from_metadata(_metadata(model), path)
 
 
 def write_card(path: Path, card: ModelCard, out: Path | None = None) -> None:
     """Replace the card in ``path`` (keeping any other metadata), saving to ``out`` or in place."""
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     helper.set_model_props(model, _metadata(model) | card.to_metadata())
     onnx.save(model, str(out or path))
 

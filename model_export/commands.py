@@ -9,7 +9,13 @@ from pathlib import Path
 
 from model_export.annotate import annotate as annotate_model
 from model_export.annotate import signature
-from model_export.card import card_from_checkpoint, card_of_file, with_scores, write_card
+from model_export.card import (
+    card_from_checkpoint,
+    card_of_file,
+    load_onnx,
+    with_scores,
+    write_card,
+)
 from model_export.checkpoint import Checkpoint, TrainConfig, sha256
 from model_export.datasets import SYNTHETIC, open_dataset
 from model_export.evaluate import evaluate as score
@@ -40,8 +46,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def evaluate(args: argparse.Namespace) -> int:
     # Where the data comes from defaults to what the model was trained on (the checkpoint's
     # config, or the card's provenance); the command line overrides any part of it.
-    if args.checkpoint:
-        checkpoint = Checkpoint.load(args.checkpoint)
+    model: Path = args.model or args.checkpoint or args.onnx
+    if model.suffix == ".pt":
+        checkpoint = Checkpoint.load(model)
         config = checkpoint.config
         spec = config.input_spec()
         predict = torch_predictor(checkpoint.build())
@@ -50,9 +57,9 @@ def evaluate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         max_side = config.max_side
     else:
-        card = card_of_file(args.onnx)
+        card = card_of_file(model)
         spec = card.input
-        predict = onnx_predictor(onnx_session(args.onnx, args.threads))
+        predict = onnx_predictor(onnx_session(model, args.threads))
         extra = (card.training.model_extra if card.training else None) or {}
         dataset = card.training.dataset if card.training else "shapes"
         root, seed, size = None, extra.get("data_seed", 0), extra.get("scene_size", spec.height)
@@ -159,9 +166,7 @@ def annotate(args: argparse.Namespace) -> int:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    import onnx
-
-    print(signature(onnx.load(str(args.model), load_external_data=False)))
+    print(signature(load_onnx(args.model, external_data=False)))
     card = card_of_file(args.model)
     spec = card.input
     print(f"name: {card.name} (card schema {card.schema_version})")
