@@ -45,12 +45,17 @@ def test_evaluate_takes_the_model_as_inspect_and_annotate_do(tmp_path: Path) -> 
     assert _parser().parse_args(["evaluate", "--onnx", "m.onnx"]).onnx == Path("m.onnx")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "inspect", "annotate"])
-def test_a_file_that_is_not_onnx_is_one_clear_line(command: str, tmp_path: Path) -> None:
+ANNOTATE = ["--name", "m", "--labels", "background,thing", "--input-size", "8x8"]
+
+
+@pytest.mark.parametrize(
+    "command", [["evaluate"], ["inspect"], ["annotate", *ANNOTATE]], ids=lambda c: c[0]
+)
+def test_a_file_that_is_not_onnx_is_one_clear_line(command: list[str], tmp_path: Path) -> None:
     not_onnx = tmp_path / "photo.onnx"
     not_onnx.write_bytes(b"\xff\xd8\xff\xe0 this is a JPEG, not a model" * 10)
     run = subprocess.run(
-        [sys.executable, "-m", "model_export", command, str(not_onnx)],
+        [sys.executable, "-m", "model_export", command[0], str(not_onnx), *command[1:]],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2
