@@ -38,7 +38,7 @@ def render_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarr
         image[region] = texture[region]
         mask[region] = cls
         instances[region] = instance
-    return _degrade(rng, image), mask
+    return degrade(rng, image), mask
 
 
 def _keeps_earlier_objects_visible(instances: np.ndarray, region: np.ndarray) -> bool:
@@ -117,13 +117,20 @@ def _polygon(
     ]
 
 
-def _degrade(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Colour jitter, blur and sensor noise over the whole scene."""
+def degrade(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    *,
+    max_blur_px: float = 1.2,
+    max_noise: float = 10.0,
+) -> np.ndarray:
+    """Colour jitter, blur (radius up to ``max_blur_px``) and sensor noise (sigma up to
+    ``max_noise``) over the whole scene."""
     gain = rng.uniform(0.75, 1.25, size=3)
     offset = rng.uniform(-20, 20)
     image = np.clip(image * gain + offset, 0, 255)
     blurred = Image.fromarray(image.astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 1.2)))
+        ImageFilter.GaussianBlur(radius=float(rng.uniform(0, max_blur_px)))
     )
-    noisy = np.asarray(blurred, np.float32) + rng.normal(0, rng.uniform(0, 10), image.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
+    noise = rng.normal(0, rng.uniform(0, max_noise), image.shape)
+    return np.clip(np.asarray(blurred, np.float32) + noise, 0, 255).astype(np.uint8)

@@ -21,13 +21,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from model_export.shapes import (
     SHAPE_CLASSES,
     _contrasting_colour,
     _keeps_earlier_objects_visible,
     _random_colour,
+    degrade,
 )
 
 MIN_SHORT_SIDE, MAX_SHORT_SIDE = 160, 480
@@ -155,15 +156,9 @@ def _texture(
 
 
 def _degrade(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Colour jitter, blur, sensor noise and, mostly, a JPEG round trip."""
-    gain = rng.uniform(0.75, 1.25, size=3)
-    offset = rng.uniform(-20, 20)
-    image = np.clip(image * gain + offset, 0, 255)
-    blurred = Image.fromarray(image.astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 2.0)))
-    )
-    noisy = np.asarray(blurred, np.float32) + rng.normal(0, rng.uniform(0, 12), image.shape)
-    pixels = np.clip(noisy, 0, 255).astype(np.uint8)
+    """Colour jitter, blur, sensor noise (stronger than the fixed-size scenes') and, mostly, a
+    JPEG round trip."""
+    pixels = degrade(rng, image, max_blur_px=2.0, max_noise=12.0)
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
     if rng.random() >= _JPEG_PROBABILITY:
         return pixels
