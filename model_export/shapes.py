@@ -94,19 +94,20 @@ def _shape_region(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     if label == "circle":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1)
     else:
-        draw.polygon(_polygon(label, cx, cy, radius, angle), fill=1)
+        draw.polygon(polygon(label, cx, cy, radius, angle), fill=1)
     return np.asarray(canvas, dtype=bool)
 
 
-def _polygon(
-    label: str, cx: float, cy: float, radius: float, angle: float
+def polygon(
+    label: str, cx: float, cy: float, radius: float, angle: float, star_inner: float = 0.45
 ) -> list[tuple[float, float]]:
+    """The corners of a square, triangle or star (inner radius ``star_inner`` x ``radius``)."""
     if label == "square":
         radii, corners = [radius * 0.85], 4
     elif label == "triangle":
         radii, corners = [radius * 1.1], 3
     else:  # star: alternate outer and inner radius
-        radii, corners = [radius * 1.1, radius * 0.45], 5
+        radii, corners = [radius * 1.1, radius * star_inner], 5
     steps = corners * len(radii)
     return [
         (

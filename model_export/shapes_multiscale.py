@@ -29,6 +29,7 @@ from model_export.shapes import (
     _keeps_earlier_objects_visible,
     _random_colour,
     degrade,
+    polygon,
 )
 
 MIN_SHORT_SIDE, MAX_SHORT_SIDE = 160, 480
@@ -103,27 +104,10 @@ def _shape_region(
     if label == "circle":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1)
     else:
-        draw.polygon(_polygon(rng, label, cx, cy, radius, angle), fill=1)
+        # A star's inner radius varies a little, so no one ratio defines the class.
+        inner = 1.1 * rng.uniform(0.36, 0.5) if label == "star" else 0.45
+        draw.polygon(polygon(label, cx, cy, radius, angle, inner), fill=1)
     return radius, np.asarray(canvas, dtype=bool)
-
-
-def _polygon(
-    rng: np.random.Generator, label: str, cx: float, cy: float, radius: float, angle: float
-) -> list[tuple[float, float]]:
-    if label == "square":
-        radii, corners = [radius * 0.85], 4
-    elif label == "triangle":
-        radii, corners = [radius * 1.1], 3
-    else:  # star: the inner radius varies a little, so no one ratio defines the class
-        radii, corners = [radius * 1.1, radius * 1.1 * rng.uniform(0.36, 0.5)], 5
-    steps = corners * len(radii)
-    return [
-        (
-            cx + radii[i % len(radii)] * math.cos(angle + 2 * math.pi * i / steps),
-            cy + radii[i % len(radii)] * math.sin(angle + 2 * math.pi * i / steps),
-        )
-        for i in range(steps)
-    ]
 
 
 def _texture(
