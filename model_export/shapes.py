@@ -88,13 +88,25 @@ def _shape_region(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     radius = rng.uniform(0.13, 0.26) * size
     cx, cy = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
     angle = rng.uniform(0, 2 * math.pi)
-    canvas = Image.new("L", (size, size), 0)
+    return shape_mask(SHAPE_CLASSES[cls], (size, size), (cx, cy), radius, angle)
+
+
+def shape_mask(
+    label: str,
+    size: tuple[int, int],
+    centre: tuple[float, float],
+    radius: float,
+    angle: float,
+    star_inner: float = 0.45,
+) -> np.ndarray:
+    """Boolean (H, W) region of one shape drawn on a ``size`` (W, H) canvas."""
+    canvas = Image.new("L", size, 0)
     draw = ImageDraw.Draw(canvas)
-    label = SHAPE_CLASSES[cls]
+    cx, cy = centre
     if label == "circle":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1)
     else:
-        draw.polygon(polygon(label, cx, cy, radius, angle), fill=1)
+        draw.polygon(polygon(label, cx, cy, radius, angle, star_inner), fill=1)
     return np.asarray(canvas, dtype=bool)
 
 

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from model_export.shapes import (
     SHAPE_CLASSES,
@@ -29,7 +29,7 @@ from model_export.shapes import (
     _keeps_earlier_objects_visible,
     _random_colour,
     degrade,
-    polygon,
+    shape_mask,
 )
 
 MIN_SHORT_SIDE, MAX_SHORT_SIDE = 160, 480
@@ -98,16 +98,10 @@ def _shape_region(
     radius = math.exp(rng.uniform(math.log(MIN_RADIUS_PX), top))
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
     angle = rng.uniform(0, 2 * math.pi)
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
     label = SHAPE_CLASSES[cls]
-    if label == "circle":
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1)
-    else:
-        # A star's inner radius varies a little, so no one ratio defines the class.
-        inner = 1.1 * rng.uniform(0.36, 0.5) if label == "star" else 0.45
-        draw.polygon(polygon(label, cx, cy, radius, angle, inner), fill=1)
-    return radius, np.asarray(canvas, dtype=bool)
+    # A star's inner radius varies a little, so no one ratio defines the class.
+    inner = 1.1 * rng.uniform(0.36, 0.5) if label == "star" else 0.45
+    return radius, shape_mask(label, (width, height), (cx, cy), radius, angle, inner)
 
 
 def _texture(
