@@ -140,8 +140,9 @@ class Stitcher:
     """Blends the scores of overlapping windows into labels, one band of windows at a time.
 
     Bands must come top to bottom (``add_band(y, scores)``). Rows above the band's top are final
-    (no later window reaches them) and are argmax-ed into ``labels`` then; the running sums
-    cover only ``tile`` rows, so memory stays at classes x tile x width floats."""
+    (no later window reaches them) and are argmax-ed into ``labels`` then. The running sums cover
+    only ``tile`` rows, kept as a ring (content row r in buffer row r % tile, so finished rows are
+    zeroed in place, never shifted): memory stays at classes x tile x width floats."""
 
     def __init__(self, content: Size, tile: int, classes: int) -> None:
         self.width, self.height = content
@@ -149,7 +150,7 @@ class Stitcher:
         self.labels = np.zeros((self.height, self.width), np.uint8)
         self._weight = tile_weight(tile)
         self._sums = np.zeros((classes, tile, self.width), np.float32)
-        self._top = 0  # the content row that the running sums' first row stands for
+        self._top = 0  # the first content row not yet final
 
     def add_band(self, y: int, xs: list[int], scores: np.ndarray) -> None:
         """``scores[i]`` (classes, tile, tile) is the window at (``xs[i]``, ``y``)."""
@@ -157,26 +158,34 @@ class Stitcher:
         rows = min(self.tile, self.height - y)
         for x, window in zip(xs, scores, strict=True):
             cols = min(self.tile, self.width - x)
-            self._sums[:, :rows, x : x + cols] += (
-                window[:, :rows, :cols] * self._weight[:rows, :cols]
-            )
+            for buffer_row, offset, count in self._ring(y, rows):
+                self._sums[:, buffer_row : buffer_row + count, x : x + cols] += (
+                    window[:, offset : offset + count, :cols]
+                    * self._weight[offset : offset + count, :cols]
+                )
 
     def finish(self) -> np.ndarray:
         self._finish(self.height)
         return self.labels
 
     def _finish(self, until: int) -> None:
-        """Argmax the rows from the top up to ``until`` and move the running sums down."""
-        done = min(until, self.height) - self._top
-        if done <= 0:
-            return
-        done = min(done, self.tile)
+        """Argmax the rows from the top up to ``until`` and clear them for the rows to come."""
+        done = min(until, self.height, self._top + self.tile) - self._top
         # A pixel's weights are the same for every class, so the weighted sums need no division
         # by them before the argmax.
-        self.labels[self._top : self._top + done] = self._sums[:, :done].argmax(axis=0)
-        self._sums = np.roll(self._sums, -done, axis=1)
-        self._sums[:, -done:] = 0
-        self._top += done
+        for buffer_row, offset, count in self._ring(self._top, done):
+            rows = self._sums[:, buffer_row : buffer_row + count]
+            self.labels[self._top + offset : self._top + offset + count] = rows.argmax(axis=0)
+            rows[:] = 0
+        self._top += max(done, 0)
+
+    def _ring(self, start: int, count: int) -> list[tuple[int, int, int]]:
+        """Content rows ``start`` to ``start + count`` as (buffer row, offset, count) pieces."""
+        if count <= 0:
+            return []
+        first = start % self.tile
+        head = min(count, self.tile - first)
+        return [(first, 0, head)] + ([(0, head, count - head)] if count > head else [])
 
 
 def _round_up(n: int, step: int) -> int:
