@@ -47,15 +47,15 @@ CORE = {
     "metrics",
     "model_card",
     "pipeline",
-    "policies",
     "png",
+    "policies",
     "repository",
     "runtime",
     "settings",
     "signature",
-    "waiting",
     "threads",
     "tiling",
+    "waiting",
 }
 FRAMEWORKS = ("fastapi", "starlette")
 
