@@ -73,11 +73,11 @@ def wait(browser: webdriver.Chrome, condition, timeout: float = 30.0):  # type: 
         raise AssertionError(message) from exc
 
 
-def reported_labels(server: Server, image: Path) -> list[str]:
+def reported_labels(server: Server, image: Path, **params: str) -> list[str]:
     """The classes the service reports for ``image`` (its RLE answer), by class id."""
     response = httpx.post(
         f"{server.base_url}/segment",
-        params={"format": "rle"},
+        params={"format": "rle", **params},
         files={"image": (image.name, image.read_bytes())},
         headers={"Authorization": f"Bearer {KEY}"},
         timeout=30,
@@ -138,6 +138,19 @@ def test_a_bundled_example_can_be_picked(browser: webdriver.Chrome, bundled: Ser
     Select(browser.find_element(By.ID, "example")).select_by_visible_text("shapes.jpg")
     wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#overlay[data-ready='true']"))
     assert legend_labels(browser) == reported_labels(bundled, ROOT / "examples" / "shapes.jpg")
+
+
+def test_the_input_policy_can_be_chosen(browser: webdriver.Chrome, bundled: Server) -> None:
+    browser.get(bundled.base_url + "/")
+    browser.find_element(By.ID, "key").send_keys(KEY + "\n")
+    wait(browser, lambda b: Select(b.find_element(By.ID, "model")).options)
+    browser.find_element(By.ID, "file").send_keys(str(EXAMPLE))
+    wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#overlay[data-ready='true']"))
+    Select(browser.find_element(By.ID, "resize")).select_by_value("tiles")
+    sent = "return performance.getEntriesByType('resource').map((e) => e.name);"
+    wait(browser, lambda b: any("resize=tiles" in url for url in b.execute_script(sent)))
+    expected = reported_labels(bundled, EXAMPLE, resize="tiles")
+    wait(browser, lambda b: legend_labels(b) == expected)
 
 
 @pytest.fixture(scope="module")

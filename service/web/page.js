@@ -102,6 +102,7 @@ async function post(format) {
   const body = new FormData();
   body.append("image", state.image, state.imageName);
   const query = new URLSearchParams({ model: $("model").value, version: $("version").value, format });
+  if ($("resize").value) query.set("resize", $("resize").value); // empty: the card's policy
   return fetch(`/segment?${query}`, { method: "POST", body, headers: authHeaders() });
 }
 
@@ -234,6 +235,7 @@ $("model").addEventListener("change", () => {
   segment();
 });
 $("version").addEventListener("change", () => segment());
+$("resize").addEventListener("change", () => segment());
 $("want-rle").addEventListener("change", () => segment());
 $("segment").addEventListener("click", () => segment());
 $("opacity").addEventListener("input", (event) => {
