@@ -35,9 +35,6 @@ class Lanes:
     def depth(self) -> int:
         return sum(self._depths.values())
 
-    def existing(self, shape: Shape, scores: bool) -> Batcher | None:
-        return self._lanes.get((shape, scores))
-
     async def get(self, shape: Shape, scores: bool) -> Batcher:
         """The started batcher for ``shape`` and answer kind; made on first use."""
         key = (shape, scores)

@@ -4,7 +4,6 @@ health, metrics, every error of the table, and concurrent requests batched witho
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +19,11 @@ from tests.images import encoded, scene
 from tests.support import (
     SERVER_LIMITS,
     Server,
+    access_line,
     expected_mask,
     metric_samples,
     png_labels,
     running_server,
-    wait_for,
 )
 
 PNG, JSON, PROBLEM = "image/png", "application/json", "application/problem+json"
@@ -209,15 +208,8 @@ def test_response_headers(client: httpx.Client) -> None:
 
 def test_one_json_log_line_per_request(client: httpx.Client, server: Server) -> None:
     segment(client, encoded(scene(11)), headers={"X-Request-ID": "log-line-check"})
-
-    def access_lines() -> list[dict]:
-        lines = [json.loads(line) for line in server.log().splitlines() if "log-line-check" in line]
-        return [line for line in lines if line.get("path") == "/segment"]
-
-    # The line is written once the answer has been sent: the client may see the answer first.
-    wait_for(lambda: len(access_lines()) > 0)
-    access = access_lines()
-    assert len(access) == 1
+    access = [access_line(server, "log-line-check")]  # exactly one, waited for
+    assert access[0]["path"] == "/segment"
     assert access[0] | {"latency_ms": 0} == access[0] | {
         "request_id": "log-line-check",
         "model": "tiny",
