@@ -205,7 +205,7 @@ def as_labels(out: np.ndarray) -> np.ndarray:
     labels = out[:, 0] if out.ndim == 4 else out
     if labels.dtype == np.uint8:
         return labels
-    low, high = int(labels.min(initial=0)), int(labels.max(initial=0))
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high > 255:
         raise ValueError(f"the model returned class ids from {low} to {high}; ids are 0..255")
     return labels.astype(np.uint8)

@@ -110,9 +110,7 @@ def servable(
         )
     axis = _CHANNEL_AXIS[layout or _layout(x)]
     if isinstance(x.shape[axis], int) and x.shape[axis] != 3:
-        expected = (
-            f"in axis {axis} ({layout})" if layout else "(N, 3, H, W) or (N, H, W, 3)"
-        )
+        expected = f"in axis {axis} ({layout})" if layout else "(N, 3, H, W) or (N, H, W, 3)"
         raise _error(
             where,
             f"input '{x.name}' must have 3 (RGB) channels {expected}; found {x.describe('input')}",
