@@ -14,6 +14,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pytest
@@ -26,6 +27,7 @@ from tritonclient.http import InferenceServerClient, InferInput, InferRequestedO
 from model_export.__main__ import main
 from service import imaging
 from service.model_card import voc_palette
+from service.proto import open_inference_grpc_pb2 as pb
 from tests import graphs
 from tests.images import encoded, scene
 from tests.support import (
@@ -33,6 +35,7 @@ from tests.support import (
     Server,
     expected_labels,
     expected_mask,
+    free_port,
     oip_client,
     palette_labels,
     running_server,
@@ -70,8 +73,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def grpc_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(
+    repo: Path, grpc_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     env = {
+        "SEGSERVE_GRPC_PORT": str(grpc_port),
         "SEGSERVE_MODEL_REPOSITORY": str(repo),
         "SEGSERVE_MAX_BATCH_DELAY_MS": "5",
         "SEGSERVE_WORKER_THREADS": "2",
@@ -225,6 +236,31 @@ def test_oip_takes_uint8_pixels_for_a_model_that_normalises_them(server: Server)
     assert f"input 'input' is UINT8 [N,3,{side},{side}]" in refused.json()["error"]
 
 
+def test_grpc_takes_uint8_pixels_listed_or_raw(server: Server, grpc_port: int) -> None:
+    side = MODELS["pixels"][1]
+    pixels = np.asarray(scene(5, width=side, height=side))
+    chw = pixels.transpose(2, 0, 1)
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="UINT8", shape=[1, 3, side, side]
+    )
+    listed = pb.ModelInferRequest(model_name="pixels", inputs=[tensor])
+    listed.inputs[0].contents.uint_contents.extend(chw.ravel().tolist())
+    raw = pb.ModelInferRequest(
+        model_name="pixels", inputs=[tensor], raw_input_contents=[chw.tobytes()]
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        for request in (listed, raw):
+            request.outputs.add(name="labels")
+            response = infer(request, timeout=30)
+            labels = np.frombuffer(response.raw_output_contents[0], np.uint8)
+            np.testing.assert_array_equal(labels.reshape(side, side), expected_labels(pixels))
+
+
 # -- 151 classes (ADE20K's 150 and background) ---------------------------------------------------
 def _ade_image() -> tuple[Image.Image, np.ndarray]:
     """8x8 blocks, block i of class i % 151, in its class colour: the model's exact answer."""
@@ -247,6 +283,8 @@ def test_151_classes_make_a_valid_palette_png(server: Server) -> None:
     np.testing.assert_array_equal(np.asarray(png), ids)
 
 
+# pycocotools 2.0.x predates NumPy 2's __array__(copy=...) protocol; harmless here.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_151_classes_give_one_correct_rle_per_class(server: Server) -> None:
     image, ids = _ade_image()
     with server.client() as client:
