@@ -84,7 +84,8 @@ class Learned:
         found, (height, width) = self.signature, self.size
         x, y = found.input, found.output
         out_h, out_w = self.output_shape[-2:]
-        stride = "x".join(map(str, sorted(set(self.stride))))
+        rows, cols = self.stride
+        stride = str(rows) if rows == cols else f"{rows}x{cols} (rows x columns)"
         what = f"scores of {self.classes} classes" if found.kind == "logits" else "class ids"
         lines = [
             f"input   '{x.name}' {found.dtype} {found.layout} {list(x.shape)}, "

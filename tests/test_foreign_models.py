@@ -25,6 +25,7 @@ from pycocotools import mask as coco
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
 from model_export.__main__ import main
+from model_export.evaluate import onnx_predictor, onnx_session
 from service import imaging
 from service.model_card import voc_palette
 from service.proto import open_inference_grpc_pb2 as pb
@@ -203,6 +204,12 @@ def _tiles_reference(pixels: np.ndarray) -> np.ndarray:
 def _origins(length: int) -> list[int]:
     step = int(TILE * (1 - OVERLAP))
     return [*range(0, length - TILE, step), length - TILE] if length > TILE else [0]
+
+
+def test_evaluate_runs_a_foreign_model_as_the_service_does(repo: Path) -> None:
+    x = (np.asarray(_blocks(9, 64, 64)).transpose(2, 0, 1)[None] / 255).astype(np.float32)
+    predict = onnx_predictor(onnx_session(repo / "quarter" / "1" / "model.onnx"))
+    assert _agreement(predict(x), _torch_labels(x)) >= 0.999
 
 
 def test_oip_scores_of_a_quarter_resolution_model_are_at_its_input_size(server: Server) -> None:
