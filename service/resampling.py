@@ -77,24 +77,33 @@ def scaled_argmax(scores: np.ndarray, labels: np.ndarray, size: tuple[int, int])
         lower.take(cols.first, axis=2),
         lower.take(cols.second, axis=2),
     )
-    boundary = np.flatnonzero((out != corners[0]) | (out != corners[1]) | (out != corners[2]))
-    if not boundary.size:
-        return out
-    # Each pixel's scores as one contiguous row: the gathers below then read whole rows.
-    by_pixel = np.ascontiguousarray(scores.transpose(0, 2, 3, 1))
-    step = max(1, _CHUNK_FLOATS // scores.shape[1])
-    flat = out.reshape(-1)
-    for start in range(0, boundary.size, step):
-        index = boundary[start : start + step]
-        image, i, j = np.unravel_index(index, out.shape)
+    boundary = (out != corners[0]) | (out != corners[1]) | (out != corners[2])
+    for image in range(len(out)):
+        _blend_boundary(scores[image], out[image], np.flatnonzero(boundary[image]), rows, cols)
+    return out
+
+
+def _blend_boundary(
+    scores: np.ndarray, labels: np.ndarray, pixels: np.ndarray, rows: Taps, cols: Taps
+) -> None:
+    """Set ``labels`` (H, W) at the flat indices ``pixels`` to the argmax of one image's
+    (C, h, w) ``scores`` blended there, a chunk of pixels at a time."""
+    if not pixels.size:
+        return
+    # Each source pixel's scores as one contiguous row: the gathers below read whole rows.
+    by_pixel = np.ascontiguousarray(scores.transpose(1, 2, 0))
+    step = max(1, _CHUNK_FLOATS // scores.shape[0])
+    flat = labels.reshape(-1)
+    for start in range(0, pixels.size, step):
+        index = pixels[start : start + step]
+        i, j = np.divmod(index, labels.shape[1])
         r0, r1, c0, c1 = rows.first[i], rows.second[i], cols.first[j], cols.second[j]
         w0, w1 = cols.first_weight[j, None], cols.second_weight[j, None]
-        top = by_pixel[image, r0, c0] * w0
-        top += by_pixel[image, r0, c1] * w1
-        bottom = by_pixel[image, r1, c0] * w0
-        bottom += by_pixel[image, r1, c1] * w1
+        top = by_pixel[r0, c0] * w0
+        top += by_pixel[r0, c1] * w1
+        bottom = by_pixel[r1, c0] * w0
+        bottom += by_pixel[r1, c1] * w1
         top *= rows.first_weight[i, None]
         bottom *= rows.second_weight[i, None]
         top += bottom
         flat[index] = top.argmax(axis=1)
-    return out
