@@ -183,7 +183,21 @@ def _annotate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card", type=Path, help="a card as JSON; the options below are then ignored")
     p.add_argument("--name", help="model name ([A-Za-z0-9._-])")
     p.add_argument("--labels", help="class labels in id order, comma-separated, background first")
-    p.add_argument("--input-size", help="HxW the model expects, e.g. 512x512")
+    p.add_argument(
+        "--input-size",
+        help="HxW to serve the model at, e.g. 512x512 (default: the size the graph fixes); "
+        "annotate runs the model once at this size",
+    )
+    p.add_argument(
+        "--output",
+        metavar="NAME",
+        help="the graph output to serve, when it has several (e.g. 'out' beside 'aux')",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("NCHW", "NHWC"),
+        help="the input's layout (default: found from the axis of size 3)",
+    )
     p.add_argument("--mean", default="0.485,0.456,0.406", help="per-channel mean (%(default)s)")
     p.add_argument("--std", default="0.229,0.224,0.225", help="per-channel std (%(default)s)")
     p.add_argument("--architecture", default="unknown", help="for the card (%(default)s)")

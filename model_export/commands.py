@@ -7,8 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from model_export.annotate import annotate as annotate_model
-from model_export.annotate import signature
+from model_export.annotate import annotated_card, fixed_size, graph_signature, learn, signature
 from model_export.card import (
     card_from_checkpoint,
     card_of_file,
@@ -137,32 +136,51 @@ def _tolerance(args: argparse.Namespace) -> Tolerance | None:
 
 
 def annotate(args: argparse.Namespace) -> int:
-    if args.card:
-        card = ModelCard.model_validate_json(args.card.read_text())
-    else:
-        missing = [o for o in ("name", "labels", "input_size") if getattr(args, o) is None]
-        if missing:
-            raise ValueError(
-                "annotate needs --card, or all of: "
-                + ", ".join("--" + m.replace("_", "-") for m in missing)
-            )
-        height, width = _size(args.input_size)
-        card = ModelCard.with_default_colors(
-            [label.strip() for label in args.labels.split(",")],
-            name=args.name,
-            description=args.description,
-            input=InputSpec(
-                height=height, width=width, mean=_triple(args.mean), std=_triple(args.std)
-            ),
-            training=TrainingCard(architecture=args.architecture, dataset=args.dataset),
-        )
-    written = annotate_model(args.model, card, args.out)
+    given = ModelCard.model_validate_json(args.card.read_text()) if args.card else None
+    output = args.output or (given.output.name if given else None)
+    found = graph_signature(
+        load_onnx(args.model, external_data=False), output=output, layout=args.layout
+    )
+    card = given or _card_from_options(args, fixed_size(found))
+    learned = learn(
+        args.model, (card.input.height, card.input.width), output=output, layout=args.layout
+    )
+    written = annotated_card(card, learned)
+    write_card(args.model, written, args.out)
+    spec = written.input
+    pixels = "" if spec.dtype == "uint8" else f", mean {spec.mean}, std {spec.std}"
+    print(f"annotated {args.out or args.model}")
+    for line in learned.summary():
+        print(f"  {line}")
     print(
-        f"annotated {args.out or args.model}: {written.num_classes} classes, "
-        f"{written.input.height}x{written.input.width} {written.input.dtype}, "
-        f"{written.output.kind}"
+        f"  card    '{written.name}': {written.num_classes} classes, input {spec.height}x"
+        f"{spec.width}{pixels}, resize {spec.resize}"
     )
     return 0
+
+
+def _card_from_options(args: argparse.Namespace, fixed: tuple[int, int] | None) -> ModelCard:
+    """The card the options describe; the input size defaults to the one the graph fixes."""
+    missing = [o for o in ("name", "labels") if getattr(args, o) is None]
+    if missing:
+        raise ValueError(
+            "annotate needs --card, or all of: " + ", ".join("--" + m for m in missing)
+        )
+    if args.input_size:
+        height, width = _size(args.input_size)
+    elif fixed:
+        height, width = fixed
+    else:
+        raise ValueError(
+            "the graph takes any input size: give the size to serve it at with --input-size HxW"
+        )
+    return ModelCard.with_default_colors(
+        [label.strip() for label in args.labels.split(",")],
+        name=args.name,
+        description=args.description,
+        input=InputSpec(height=height, width=width, mean=_triple(args.mean), std=_triple(args.std)),
+        training=TrainingCard(architecture=args.architecture, dataset=args.dataset),
+    )
 
 
 def inspect(args: argparse.Namespace) -> int:
@@ -173,9 +191,15 @@ def inspect(args: argparse.Namespace) -> int:
     if card.description:
         print(f"description: {card.description}")
     print("classes:", ", ".join(f"{c.id} {c.label} {tuple(c.color)}" for c in card.classes))
+    pixels = (
+        "pixels 0..255 (normalised in the graph)"
+        if spec.dtype == "uint8"
+        else f"mean {spec.mean}, std {spec.std}"
+    )
     print(f"input: {spec.height}x{spec.width} {spec.channels} {spec.layout} {spec.dtype}, "
-          f"mean {spec.mean}, std {spec.std}, resize {spec.resize}")  # fmt: skip
-    print(f"output: {card.output.kind}")
+          f"{pixels}, resize {spec.resize}")  # fmt: skip
+    name = f" '{card.output.name}'" if card.output.name else ""
+    print(f"output{name}: {card.output.kind}")
     if card.training:
         print("training:", json.dumps(card.training.model_dump(mode="json"), indent=2))
     if args.latency:

@@ -4,8 +4,8 @@ Every image goes through the service's own preprocessing (``service.imaging.prep
 to the model's input size, normalise) and every predicted mask through its own resize back
 (``service.masks.resize_labels``), so the scores describe what clients get. With ``max_side``
 each image is run as the service's ``native`` policy runs it instead (``native_labels``).
-The model is anything that maps a float (N, 3, H, W) batch to uint8 (N, H, W) labels: a PyTorch
-module or an ONNX Runtime session.
+The model is anything that maps an (N, 3, H, W) batch to uint8 (N, H, W) labels: a PyTorch
+module, or an ONNX file with its card run by the service's own runner.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from model_export.datasets import SegmentationDataset
 from model_export.metrics import ConfusionMatrix, Scores
 from service.imaging import prepare
 from service.masks import resize_labels
-from service.model_card import InputSpec
+from service.model_card import InputSpec, ModelCard
+from service.runtime import Runner
 
-Predict = Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) float -> (N, H, W) uint8
+Predict = Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) -> (N, H, W) uint8
 STRIDE = 32  # every architecture's total stride (architectures.OUTPUT_STRIDE)
 
 
@@ -47,13 +48,13 @@ def onnx_session(path: Path | str, threads: int = 0) -> ort.InferenceSession:
 
 
 def onnx_predictor(session: ort.InferenceSession) -> Predict:
-    """Runs the session; takes the argmax unless the graph already outputs uint8 labels."""
-    input_name = session.get_inputs()[0].name
-    input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    """Runs the session as the service does, by the file's card (``service.runtime.Runner``):
+    the output the card serves, scaled to the input's size, as uint8 labels."""
+    card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+    runner = Runner(session, card, io_binding=False)
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        (out,) = session.run(None, {input_name: batch.astype(input_type, copy=False)})
-        return out if out.dtype == np.uint8 else out.argmax(1).astype(np.uint8)
+        return runner.run(np.ascontiguousarray(batch, card.input.dtype))
 
     return predict
 

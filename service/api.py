@@ -187,7 +187,9 @@ def _describe(request: Request, name: str) -> ModelInfo:
                 description=card.description,
                 classes=card.classes,
                 input=InputInfo.model_validate(card.input, from_attributes=True),
-                normalization=Normalization(mean=card.input.mean, std=card.input.std),
+                normalization=None
+                if card.input.dtype == "uint8"
+                else Normalization(mean=card.input.mean, std=card.input.std),
                 output=card.output.kind,
                 provider=served.pool.provider,
                 sessions=served.pool.size,

@@ -2,7 +2,8 @@
 
 ``decode`` refuses oversized images from the header alone (before any pixel is decoded), applies
 the EXIF orientation, decodes large JPEGs at a reduced DCT scale when the model needs far fewer
-pixels, and normalises every pixel format to 8-bit RGB. ``prepare`` resizes and normalises.
+pixels, and normalises every pixel format to 8-bit RGB. ``prepare`` resizes and normalises
+(a model with a uint8 input gets the resized pixels as they are).
 Every function here is pure and thread-safe: the service calls them from worker threads.
 """
 
@@ -173,7 +174,8 @@ def prepare(
 ) -> np.ndarray:
     """``image`` resized (bilinear) to ``size`` (width, height; default the model's), normalised
     and placed top-left in a C-contiguous (3, *shape) array (height, width; default the resized
-    image's) whose rest is zeros: the mean colour, after normalisation."""
+    image's) whose rest is zeros: the mean colour, after normalisation (see ``normalized`` for
+    a uint8 input)."""
     width, height = size or (spec.width, spec.height)
     pixels = np.asarray(resized(image, (width, height)))  # (H, W, 3) uint8
     return normalized(pixels, spec, shape or (height, width))
@@ -192,9 +194,15 @@ def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def normalized(
     pixels: np.ndarray, spec: model_card.InputSpec, shape: tuple[int, int]
 ) -> np.ndarray:
-    """(h, w, 3) uint8 ``pixels`` normalised into the top-left of a zeroed (3, *shape) input."""
+    """(h, w, 3) uint8 ``pixels`` normalised into the top-left of a zeroed (3, *shape) input.
+    A uint8 input (a graph that normalises its pixels itself) gets them as they are, and its
+    zeros are black."""
     height, width = pixels.shape[:2]
     whole = (height, width) == shape
+    if spec.dtype == "uint8":
+        pixel_input = (np.empty if whole else np.zeros)((3, *shape), dtype=np.uint8)
+        pixel_input[:, :height, :width] = pixels.transpose(2, 0, 1)
+        return pixel_input
     out = (np.empty if whole else np.zeros)((3, *shape), dtype=np.float32)
     region = out if whole else out[:, :height, :width]
     scale, offset = _affine(spec)

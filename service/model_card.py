@@ -68,6 +68,10 @@ class ClassInfo(_Frozen):
 
 
 Resize = Literal["stretch", "letterbox", "native", "tiles"]
+Layout = Literal["NCHW", "NHWC"]
+InputType = Literal["float32", "float16", "uint8"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what most pretrained backbones expect
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InputSpec(_Frozen):
@@ -75,12 +79,14 @@ class InputSpec(_Frozen):
 
     height: int = Field(gt=0)
     width: int = Field(gt=0)
-    layout: Literal["NCHW"] = "NCHW"
+    # The graph's: the service prepares (3, H, W) and hands NHWC graphs (H, W, 3).
+    layout: Layout = "NCHW"
     channels: Literal["RGB"] = "RGB"
-    dtype: Literal["float32", "float16"] = "float32"
-    # x = (pixel / 255 - mean) / std, per channel
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # uint8: the graph takes the pixels 0..255 and normalises them itself.
+    dtype: InputType = "float32"
+    # x = (pixel / 255 - mean) / std, per channel (float inputs only)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     # The default input policy (service/policies.py); a request may choose another:
     # "stretch": resize to (width, height) ignoring aspect ratio; labels are resized back the
     # same way. "letterbox": keep the aspect ratio, fit, pad. "native": the image's own
@@ -100,11 +106,25 @@ class InputSpec(_Frozen):
             raise ValueError("std must be positive")
         return v
 
+    @model_validator(mode="after")
+    def _pixels_are_not_normalised(self) -> InputSpec:
+        # A card stating a normalisation the service does not apply would mislead its reader.
+        if self.dtype == "uint8" and (self.mean, self.std) != (IMAGENET_MEAN, IMAGENET_STD):
+            raise ValueError(
+                "a uint8 input takes the pixels 0..255 as they are (the graph normalises "
+                "them): mean and std do not apply, leave them out"
+            )
+        return self
+
 
 class OutputSpec(_Frozen):
-    """``logits``: float (N, C, H, W), argmax taken by the service; ``labels``: uint8 (N, H, W)."""
+    """The graph output the service reads. ``kind``: ``logits``, float scores (N, C, h, w) whose
+    argmax the service takes; ``labels``, integer class ids (N, h, w) or (N, 1, h, w). An output
+    smaller than the input (h, w a whole fraction of H, W) is scaled to the input's size.
+    ``name``: which output, when the graph has several (None: it has exactly one)."""
 
     kind: Literal["logits", "labels"] = "logits"
+    name: str | None = Field(None, min_length=1)
 
 
 class TrainingCard(_Frozen):

@@ -198,6 +198,10 @@ def _parameters(parameters: Any) -> dict[str, Any]:
     return values
 
 
+# The typed ``contents`` field each datatype's listed values travel in.
+_CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents"}
+
+
 def _inputs(request: Any) -> list[InputTensor]:
     """The request's inputs, each with its raw contents or its listed ``contents``."""
     raw = list(request.raw_input_contents)
@@ -217,10 +221,7 @@ def _inputs(request: Any) -> list[InputTensor]:
             raise InvalidRequest(
                 f"input '{given.name}': FP16 data travels as raw_input_contents only"
             )
-        contents = given.contents
-        data = list(
-            contents.bytes_contents if given.datatype == "BYTES" else contents.fp32_contents
-        )
+        data = list(getattr(given.contents, _CONTENTS.get(given.datatype, "fp32_contents")))
         tensors.append(InputTensor(given.name, given.datatype, shape, data, None))
     return tensors
 

@@ -8,6 +8,7 @@ A served model has two optional inputs (a request sends exactly one) and three o
 
     image   BYTES [N]            encoded images, decoded as /segment decodes them
     input   FP32|FP16 [N,3,H,W]  images the client prepared itself, at the model's input size
+            (UINT8 pixels for a model whose graph takes uint8 and normalises them itself)
     labels  UINT8 [N,H,W]        class ids at each image's size (one size per request)
     png     BYTES [N]            the palette PNG of /segment?format=png
     rle     BYTES [N]            the JSON text of /segment?format=rle
@@ -40,7 +41,7 @@ OUTPUTS = ("labels", "png", "rle")  # the order outputs are returned in by defau
 SCORES = "scores"  # only when asked for: float scores are 4 x classes the bytes of labels
 KNOWN_OUTPUTS = (*OUTPUTS, SCORES)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
-DTYPES = {"float32": "FP32", "float16": "FP16"}  # the card's input dtype as the protocol's
+DTYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}  # the card's input dtype
 T = TypeVar("T")
 
 
@@ -144,14 +145,12 @@ def the_input(inputs: list[InputTensor], served: ServedModel) -> InputTensor:
                 f"{tensor.datatype} {list(tensor.shape)}"
             )
     elif tensor.name == INPUT:
-        if tensor.datatype not in ("FP32", "FP16") or tensor.shape[1:] != (
-            3,
-            spec.height,
-            spec.width,
-        ):
+        # A float model takes either float type (cast to its own); a uint8 one, pixels.
+        accepted = ("UINT8",) if spec.dtype == "uint8" else ("FP32", "FP16")
+        if tensor.datatype not in accepted or tensor.shape[1:] != (3, spec.height, spec.width):
             raise InvalidRequest(
-                f"input '{INPUT}' is FP32 or FP16 [N,3,{spec.height},{spec.width}] (the model's "
-                f"input size); got {tensor.datatype} {list(tensor.shape)}"
+                f"input '{INPUT}' is {' or '.join(accepted)} [N,3,{spec.height},{spec.width}] "
+                f"(the model's input size); got {tensor.datatype} {list(tensor.shape)}"
             )
     else:
         raise InvalidRequest(f"unknown input '{tensor.name}' (inputs: '{IMAGE}', '{INPUT}')")

@@ -151,6 +151,8 @@ def numeric_array(tensor: InputTensor) -> np.ndarray:
         )
     if not all(isinstance(e, int | float) and not isinstance(e, bool) for e in flat):
         raise InvalidRequest(f"input '{tensor.name}': {tensor.datatype} data must be numbers")
+    if tensor.datatype == "UINT8" and not all(isinstance(e, int) and 0 <= e <= 255 for e in flat):
+        raise InvalidRequest(f"input '{tensor.name}': UINT8 data must be integers 0..255")
     return np.asarray(flat, dtype).reshape(tensor.shape)
 
 

@@ -206,10 +206,10 @@ async def label_input(
     client_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> np.ndarray:
     """The model-sized uint8 labels of ``x``, an input the client prepared itself: (3, H, W) at
-    the model's input size, in any float dtype (cast to the model's); with ``scores``, the
-    model's float32 scores (classes, H, W) instead, through the model's scores lane. The batcher
-    runs it with other requests' images. Raises ValueError for another shape; else as
-    ``segment`` does."""
+    the model's input size, in any float dtype (cast to the model's), or uint8 pixels for a
+    model that takes them; with ``scores``, the model's float scores (classes, H, W) instead,
+    through the model's scores lane. The batcher runs it with other requests' images. Raises
+    ValueError for another shape; else as ``segment`` does."""
     spec = served.card.input
     if x.shape != (3, spec.height, spec.width):
         raise ValueError(f"expected (3, {spec.height}, {spec.width}), got {x.shape}")
@@ -229,7 +229,7 @@ async def score_image(
     deadline: float,
     client_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[np.ndarray, imaging.DecodedImage]:
-    """The model's float32 scores (classes, H, W) for ``data`` stretched to its input size, and
+    """The model's float scores (classes, H, W) for ``data`` stretched to its input size, and
     the decoded image. Raises as ``segment`` does."""
     stretch = policies.resolve(served.card.input, STRETCH, any_size=served.pool.any_size)
     args = (data, served.card, OutputFormat.png, service.settings.max_pixels, stretch)

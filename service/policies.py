@@ -2,7 +2,8 @@
 
 - ``stretch``: the image resized to the model's size, aspect ratio ignored; labels stretched back.
 - ``letterbox``: scaled to fit the model's size with its aspect ratio kept, placed top-left on a
-  canvas of zeros (the mean colour, after normalisation); labels cropped to the image's part.
+  canvas of zeros (the mean colour, after normalisation; black for a uint8 input); labels
+  cropped to the image's part.
 - ``native``: the image itself (scaled down when its long side exceeds ``max_side``), padded
   right and bottom to a shape bucket: a multiple of the model's stride, rounded up to 64 px
   steps so that images of similar sizes share batches; labels cropped back.

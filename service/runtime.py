@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service import resampling
 from service.errors import ModelLoadError
+from service.masks import resize_labels
 from service.model_card import ModelCard
 from service.repository import ModelVersion
 from service.settings import Provider, Settings
-from service.signature import Tensor, check_tensors
+from service.signature import Signature, Tensor, check_tensors
 from service.threads import WorkerThreads
 
 log = logging.getLogger("segserve.runtime")
@@ -123,9 +125,11 @@ def open_session(
     raise AssertionError("the last attempt is always required")  # pragma: no cover
 
 
-def check_session(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+def check_session(session: ort.InferenceSession, card: ModelCard, path: Path) -> Signature:
     """Refuse a model whose tensors do not match its card, at load rather than per request."""
-    check_tensors(_tensors(session.get_inputs()), _tensors(session.get_outputs()), card, path)
+    return check_tensors(
+        _tensors(session.get_inputs()), _tensors(session.get_outputs()), card, path
+    )
 
 
 def _tensors(args: list[ort.NodeArg]) -> list[Tensor]:
@@ -142,19 +146,22 @@ def _numpy_dtype(ort_type: str) -> str:
 
 
 class Runner:
-    """One session; ``run`` turns an input batch into uint8 labels (N, h, w), or into float scores
-    (N, classes, h, w) for blending overlapping tiles. One thread each."""
+    """One session; ``run`` turns an input batch (N, 3, H, W) into uint8 labels (N, H, W), or into
+    float scores (N, classes, H, W) for blending overlapping tiles: at the input's size whatever
+    the size of the model's output. One thread each."""
 
     def __init__(
         self, session: ort.InferenceSession, card: ModelCard, *, io_binding: bool | None = None
     ) -> None:
         self.session = session
         self.provider = session.get_providers()[0]
-        self._input = session.get_inputs()[0].name
-        self._output = session.get_outputs()[0].name
+        graph_input = session.get_inputs()[0]
+        self._input = graph_input.name
+        self._output = card.output.name or session.get_outputs()[0].name
         self._logits = card.output.kind == "logits"
         self._classes = card.num_classes
-        height, width = session.get_inputs()[0].shape[2:]
+        self._nhwc = card.input.layout == "NHWC"
+        height, width = graph_input.shape[1:3] if self._nhwc else graph_input.shape[2:]
         # A fully convolutional graph exported with symbolic height and width takes any size.
         self.any_size = not isinstance(height, int) and not isinstance(width, int)
         self.input_size = (card.input.height, card.input.width)
@@ -164,11 +171,22 @@ class Runner:
         self._binding = session.io_binding() if io_binding else None
 
     def run(self, batch: np.ndarray, *, scores: bool = False) -> np.ndarray:
-        out = self._forward(batch)
+        out = self._forward(self._feed(batch))
+        size = (batch.shape[2], batch.shape[3])
+        if not self._logits:
+            labels = _at_size(as_labels(out), size)
+            return one_hot(labels, self._classes) if scores else labels
+        if out.shape[2:] == size:
+            # Only uint8 labels move on: argmax right after inference when the model gives logits.
+            return out if scores else class_argmax(out)
         if scores:
-            return out if self._logits else one_hot(out, self._classes)
-        # Only uint8 labels move on: argmax right after inference when the model gives logits.
-        return class_argmax(out) if self._logits else out.astype(np.uint8)
+            return resampling.scale_scores(out, size)
+        return resampling.scaled_argmax(out, class_argmax(out), size)
+
+    def _feed(self, batch: np.ndarray) -> np.ndarray:
+        """The batch as the graph takes it: transposed for a channels-last graph (one copy, here
+        rather than in each input policy's preparation)."""
+        return np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if self._nhwc else batch
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self._binding is None:
@@ -179,6 +197,25 @@ class Runner:
             self.session.run_with_iobinding(self._binding)
             out = self._binding.copy_outputs_to_cpu()[0]
         return out
+
+
+def as_labels(out: np.ndarray) -> np.ndarray:
+    """A labels output, (N, h, w) or (N, 1, h, w) of any integer type, as uint8 (N, h, w).
+    Raises ValueError for a class id outside 0..255, which no card can name."""
+    labels = out[:, 0] if out.ndim == 4 else out
+    if labels.dtype == np.uint8:
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > 255:
+        raise ValueError(f"the model returned class ids from {low} to {high}; ids are 0..255")
+    return labels.astype(np.uint8)
+
+
+def _at_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) labels scaled to ``size`` (H, W) by nearest neighbour, as masks are."""
+    if labels.shape[1:] == size:
+        return labels
+    return np.stack([resize_labels(image, (size[1], size[0])) for image in labels])
 
 
 def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:

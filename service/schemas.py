@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.model_card import ClassInfo, Resize, TrainingCard
+from service.model_card import ClassInfo, InputType, Layout, Resize, TrainingCard
 
 
 class Rle(BaseModel):
@@ -45,9 +45,12 @@ class Problem(BaseModel):
 class InputInfo(BaseModel):
     height: int
     width: int
-    layout: Literal["NCHW"]
+    layout: Layout = Field(
+        description="the graph's; a prepared OIP input is always [N,3,H,W] (the service "
+        "transposes it for NHWC)"
+    )
     channels: Literal["RGB"]
-    dtype: Literal["float32", "float16"]
+    dtype: InputType = Field(description="uint8: the graph takes pixels 0..255")
     resize: Resize = Field(description="the default input policy; ?resize= chooses another")
     max_side: int = Field(description="native: longest side the model sees")
     stride: int = Field(description="native: inputs are padded to a multiple of it")
@@ -67,7 +70,9 @@ class VersionInfo(BaseModel):
     description: str
     classes: list[ClassInfo]
     input: InputInfo
-    normalization: Normalization
+    normalization: Normalization | None = Field(
+        description="null: the model takes pixels 0..255 (uint8) and normalises them itself"
+    )
     output: Literal["logits", "labels"] = Field(description="labels: argmax inside the model")
     provider: str = Field(description="execution provider in use: CPU, CUDA or TensorRT")
     sessions: int

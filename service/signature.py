@@ -4,12 +4,15 @@ It reads plain descriptions of the graph's inputs and outputs, so the service (f
 Runtime session) and ``model_export`` (from an ``onnx.ModelProto``) apply the same rules::
 
     x = Tensor("input", "float32", ("N", 3, 192, 192))
-    y = Tensor("logits", "float32", ("N", 5, 192, 192))
-    dtype, kind = servable([x], [y])                 # ("float32", "logits")
-    check_tensors([x], [y], card, where=path)         # servable, and as the card says
+    y = Tensor("logits", "float32", ("N", 5, 48, 48))
+    found = servable([x], [y])                        # Signature: NCHW float32 in, logits out
+    check_tensors([x], [y], card, where=path)          # servable, and as the card says
+    output_stride((192, 192), (48, 48))                # (4, 4), from a run's real shapes
 
-A servable graph has one 4-D float input (N, 3, H, W) and one output: float logits (N, C, H, W)
-or uint8 labels (N, H, W) (docs/MODEL.md). Both raise ``SignatureError`` with the reason.
+A servable graph has one 4-D image input, (N, 3, H, W) or (N, H, W, 3), of float32, float16 or
+uint8 (raw pixels), and serves one output: float scores (N, C, h, w) or integer class ids
+(N, h, w) or (N, 1, h, w), at the input's size or a fraction of it (docs/MODEL.md). A graph with
+several outputs names the one to serve. Each function raises ``SignatureError`` with the reason.
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ from pathlib import Path
 from typing import Literal
 
 from service.errors import ModelLoadError
-from service.model_card import ModelCard
+from service.model_card import InputType, Layout, ModelCard
 
 OutputKind = Literal["logits", "labels"]
 Dim = int | str  # a fixed size, or a symbolic one ("N"; "?" when the graph does not say)
 
-_FLOATS = ("float32", "float16")
+FLOATS = ("float32", "float16")
+INPUT_TYPES: tuple[InputType, ...] = ("float32", "float16", "uint8")
+INTEGERS = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
+_CHANNEL_AXIS: dict[Layout, int] = {"NCHW": 1, "NHWC": 3}
+# A reduced-resolution output is the input divided by a whole factor, give or take the rounding
+# of odd sizes (SegFormer: 513 -> 129, 513 / 129 = 3.98).
+_STRIDE_SLACK = 1.0
 
 
 class SignatureError(ModelLoadError, ValueError):
@@ -49,13 +58,43 @@ class Tensor:
         return f"{role} {self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
-def servable(
-    inputs: Sequence[Tensor], outputs: Sequence[Tensor], where: Path | None = None
-) -> tuple[str, OutputKind]:
-    """(input dtype, output kind) of a graph the service can serve.
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What the service feeds and reads: the image input, its layout, and the served output."""
 
-    Raises SignatureError, naming ``where`` when given, for anything else.
-    """
+    input: Tensor
+    layout: Layout
+    output: Tensor
+    kind: OutputKind
+
+    @property
+    def dtype(self) -> InputType:
+        dtype: InputType = self.input.dtype  # type: ignore[assignment]  # checked by servable
+        return dtype
+
+    @property
+    def size(self) -> tuple[Dim, Dim]:
+        """The input's (height, width) as the graph declares them."""
+        height, width = (1, 2) if self.layout == "NHWC" else (2, 3)
+        return self.input.shape[height], self.input.shape[width]
+
+    @property
+    def classes(self) -> Dim | None:
+        """The number of classes a scores output declares (None for labels)."""
+        return self.output.shape[1] if self.kind == "logits" else None
+
+
+def servable(
+    inputs: Sequence[Tensor],
+    outputs: Sequence[Tensor],
+    *,
+    output: str | None = None,
+    layout: Layout | None = None,
+    where: Path | None = None,
+) -> Signature:
+    """The signature the service would serve: output ``output`` (None: the graph's only one),
+    the input read as ``layout`` (None: the axis of size 3 says which; NCHW when neither or
+    both do). Raises SignatureError, naming ``where`` when given, for anything else."""
     if len(inputs) != 1:
         raise _error(
             where,
@@ -63,63 +102,108 @@ def servable(
             f"{[t.name for t in inputs]}",
         )
     (x,) = inputs
-    if x.dtype not in _FLOATS or len(x.shape) != 4:
+    if x.dtype not in INPUT_TYPES or len(x.shape) != 4:
         raise _error(
             where,
-            f"input '{x.name}' must be a 4-D float32/float16 tensor (N, 3, H, W); "
-            f"found {x.describe('input')}",
+            f"input '{x.name}' must be a 4-D float32/float16/uint8 image tensor, (N, 3, H, W) "
+            f"or (N, H, W, 3); found {x.describe('input')}",
         )
-    if isinstance(x.shape[1], int) and x.shape[1] != 3:
+    axis = _CHANNEL_AXIS[layout or _layout(x)]
+    if isinstance(x.shape[axis], int) and x.shape[axis] != 3:
+        expected = f"in axis {axis} ({layout})" if layout else "(N, 3, H, W) or (N, H, W, 3)"
         raise _error(
             where,
-            f"input '{x.name}' must have 3 (RGB) channels in axis 1, NCHW; found {x.shape[1]}",
+            f"input '{x.name}' must have 3 (RGB) channels {expected}; found {x.describe('input')}",
         )
-    if len(outputs) != 1:
-        raise _error(
-            where, f"expected exactly one output, found {len(outputs)}: {[t.name for t in outputs]}"
-        )
-    (y,) = outputs
-    if y.dtype in _FLOATS and len(y.shape) == 4:
-        return x.dtype, "logits"
-    if y.dtype == "uint8" and len(y.shape) == 3:
-        return x.dtype, "labels"
+    y = _served_output(outputs, output, where)
+    return Signature(x, layout or _layout(x), y, _kind(y, where))
+
+
+def _layout(x: Tensor) -> Layout:
+    """NHWC when only the last axis is a fixed 3; otherwise NCHW, PyTorch's export layout."""
+    return "NHWC" if x.shape[3] == 3 and x.shape[1] != 3 else "NCHW"
+
+
+def _served_output(outputs: Sequence[Tensor], name: str | None, where: Path | None) -> Tensor:
+    names = [t.name for t in outputs]
+    if name is None:
+        if len(outputs) != 1:
+            raise _error(
+                where,
+                f"the graph has {len(outputs)} outputs: {names}; name the one to serve "
+                "(the card's output.name; annotate --output NAME)",
+            )
+        return outputs[0]
+    for tensor in outputs:
+        if tensor.name == name:
+            return tensor
+    raise _error(where, f"the graph has no output '{name}'; its outputs are {names}")
+
+
+def _kind(y: Tensor, where: Path | None) -> OutputKind:
+    rank = len(y.shape)
+    if y.dtype in FLOATS and rank == 4:
+        return "logits"
+    if y.dtype in INTEGERS and (rank == 3 or (rank == 4 and y.shape[1] == 1)):
+        return "labels"
     raise _error(
         where,
-        f"output '{y.name}' must be float logits (N, C, H, W) or uint8 labels (N, H, W); "
-        f"found {y.describe('output')}",
+        f"output '{y.name}' must be float32/float16 scores (N, C, H, W) or integer labels "
+        f"(N, H, W) or (N, 1, H, W); found {y.describe('output')}",
     )
 
 
 def check_tensors(
     inputs: Sequence[Tensor], outputs: Sequence[Tensor], card: ModelCard, where: Path
-) -> None:
-    """Refuse the model at ``where`` unless it is ``servable`` and its tensors are as ``card``
-    says: input size and dtype, output kind and number of classes. Raises SignatureError."""
-    dtype, kind = servable(inputs, outputs, where)
-    (x,), (y,) = inputs, outputs
+) -> Signature:
+    """The signature of the model at ``where``, refused unless it is ``servable`` as its card
+    says: output name and kind, input layout, size and dtype, number of classes. Raises
+    SignatureError."""
     spec = card.input
-    expected = (None, 3, spec.height, spec.width)
+    found = servable(inputs, outputs, output=card.output.name, layout=spec.layout, where=where)
     if any(
-        isinstance(dim, int) and want is not None and dim != want
-        for dim, want in zip(x.shape, expected, strict=True)
+        isinstance(dim, int) and dim != want
+        for dim, want in zip(found.size, (spec.height, spec.width), strict=True)
     ):
         raise _error(
             where,
-            f"input shape {list(x.shape)} does not match the card's "
-            f"N x 3 x {spec.height} x {spec.width}",
+            f"input shape {list(found.input.shape)} ({spec.layout}) does not match the card's "
+            f"{spec.height} x {spec.width}",
         )
-    if dtype != spec.dtype:
-        raise _error(where, f"input type {dtype} but the card says {spec.dtype}")
-    if kind != card.output.kind:
-        rank = 4 if card.output.kind == "logits" else 3
+    if found.dtype != spec.dtype:
+        raise _error(where, f"input type {found.dtype} but the card says {spec.dtype}")
+    if found.kind != card.output.kind:
         raise _error(
             where,
-            f"output '{y.name}' has rank {len(y.shape)}, a '{card.output.kind}' output has {rank}",
+            f"output '{found.output.name}' holds {found.kind} ({found.output.describe('output')})"
+            f" but the card says {card.output.kind}",
         )
-    if kind == "logits" and isinstance(y.shape[1], int) and y.shape[1] != card.num_classes:
+    if isinstance(found.classes, int) and found.classes != card.num_classes:
         raise _error(
-            where, f"the model scores {y.shape[1]} classes, the card lists {card.num_classes}"
+            where, f"the model scores {found.classes} classes, the card lists {card.num_classes}"
         )
+    return found
+
+
+def output_stride(
+    input_size: tuple[int, int], output_size: tuple[int, int], where: Path | None = None
+) -> tuple[int, int]:
+    """The whole factor (rows, columns) by which an output of ``output_size`` (h, w) is smaller
+    than the input of ``input_size`` (H, W) it came from: (1, 1) at full size, (4, 4) for
+    SegFormer. Raises SignatureError when an axis is not the input's divided by a whole factor
+    (give or take the rounding of odd sizes): such an output is not an image of the input."""
+    strides = []
+    for axis, n_in, n_out in zip(("height", "width"), input_size, output_size, strict=True):
+        factor = round(n_in / n_out) if n_out else 0
+        if factor < 1 or abs(n_in / factor - n_out) >= _STRIDE_SLACK:
+            raise _error(
+                where,
+                f"for a {input_size[0]}x{input_size[1]} input the output is "
+                f"{output_size[0]}x{output_size[1]}: its {axis} is not the input's divided by a "
+                "whole factor, so it is not an image of the input",
+            )
+        strides.append(factor)
+    return strides[0], strides[1]
 
 
 def _error(where: Path | None, reason: str) -> SignatureError:

@@ -81,7 +81,7 @@ def windows(
     image: Image.Image, positions: list[tuple[int, int]], tile: int, card: ModelCard
 ) -> list[np.ndarray]:
     """The model inputs of the windows at ``positions`` (y, x); past the image's edge, zeros
-    (the mean colour)."""
+    (the mean colour; black for a uint8 input)."""
     width, height = image.size
     return [
         imaging.normalized(

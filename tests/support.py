@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_LABELS = ["background", "red", "green"]
-_WEIGHTS = np.array([[0, 0, 0], [2, -1, -1], [-1, 2, -1]], dtype=np.float32).reshape(3, 3, 1, 1)
-_BIAS = np.array([0.5, 0, 0], dtype=np.float32)
+TINY_WEIGHTS = np.array([[0, 0, 0], [2, -1, -1], [-1, 2, -1]], dtype=np.float32).reshape(3, 3, 1, 1)
+TINY_BIAS = np.array([0.5, 0, 0], dtype=np.float32)
 
 SLOW_SIZE = 128  # input side of the slow model; each 32-channel 3x3 conv costs ~3 ms on one core
 # Small input limits for the shared server (conftest), so the 413 tests stay cheap.
@@ -71,8 +71,8 @@ def tiny_model(
     card: ModelCard,
     *,
     any_size: bool = False,
-    weights: np.ndarray = _WEIGHTS,
-    bias: np.ndarray = _BIAS,
+    weights: np.ndarray = TINY_WEIGHTS,
+    bias: np.ndarray = TINY_BIAS,
 ) -> onnx.ModelProto:
     """Build the model for ``card``: dynamic batch, the card's spatial size (or any, symbolic
     like model_export's exports), logits or uint8 labels. ``weights`` (3, 3, k, k), odd k, and
@@ -162,9 +162,8 @@ def write_tiny_model(
 def expected_scores(rgb: np.ndarray) -> np.ndarray:
     """The tiny model's scores (3, H, W) for an (H, W, 3) uint8 image."""
     x = rgb.astype(np.float32) / 255.0
-    return (np.einsum("hwc,kc->khw", x, _WEIGHTS[:, :, 0, 0]) + _BIAS[:, None, None]).astype(
-        np.float32
-    )
+    scores = np.einsum("hwc,kc->khw", x, TINY_WEIGHTS[:, :, 0, 0]) + TINY_BIAS[:, None, None]
+    return scores.astype(np.float32)
 
 
 def expected_labels(rgb: np.ndarray) -> np.ndarray:

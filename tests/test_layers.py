@@ -50,6 +50,7 @@ CORE = {
     "png",
     "policies",
     "repository",
+    "resampling",
     "runtime",
     "settings",
     "signature",

@@ -1,17 +1,22 @@
-"""annotate/inspect: cards for models made elsewhere, refused when the graph cannot be served."""
+"""annotate/inspect: cards for models made elsewhere, learnt from the graph and one run, and
+refused with one line saying why when the graph cannot be served."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from model_export.__main__ import main
-from model_export.annotate import SignatureError, annotate
+from model_export.annotate import SignatureError, annotate, learn
 from model_export.card import card_of_file
 from service.model_card import InputSpec, ModelCard
+from tests import graphs
 from tests.support import TINY_LABELS, tiny_card, tiny_model
 
 
@@ -24,17 +29,28 @@ def _foreign(tmp_path: Path, output: str = "logits") -> Path:
     return path
 
 
+def _saved(tmp_path: Path, model: onnx.ModelProto, name: str = "model.onnx") -> Path:
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
 def _card(**input_fields: object) -> ModelCard:
     spec = {"height": 16, "width": 16, "mean": (0, 0, 0), "std": (1, 1, 1)} | input_fields
     return ModelCard.with_default_colors(TINY_LABELS, name="foreign", input=InputSpec(**spec))
 
 
-def _graph(inputs, outputs, nodes) -> onnx.ModelProto:
+def _graph(inputs, outputs, nodes, weights=()) -> onnx.ModelProto:
     model = helper.make_model(
-        helper.make_graph(nodes, "g", inputs, outputs), opset_imports=[helper.make_opsetid("", 17)]
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=list(weights)),
+        opset_imports=[helper.make_opsetid("", 17)],
     )
     model.ir_version = 8
     return model
+
+
+def _float(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
 def test_annotate_writes_a_card_the_service_can_read(tmp_path: Path) -> None:
@@ -43,7 +59,11 @@ def test_annotate_writes_a_card_the_service_can_read(tmp_path: Path) -> None:
         card_of_file(path)  # the service's message points at this command
     written = annotate(path, _card())
     assert card_of_file(path) == written
-    assert written.output.kind == "logits"
+    assert (written.output.kind, written.output.name, written.input.layout) == (
+        "logits",
+        None,
+        "NCHW",
+    )
     assert [c.label for c in written.classes] == TINY_LABELS
 
 
@@ -61,75 +81,194 @@ def test_annotate_replaces_an_existing_card(tmp_path: Path) -> None:
     assert card_of_file(path).name == renamed.name == "renamed"
 
 
-@pytest.mark.parametrize(
-    ("model", "message"),
-    [
-        (
-            _graph(
-                [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 16, 16]) for n in "ab"],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])],
-                [helper.make_node("Add", ["a", "b"], ["y"])],
-            ),
-            r"exactly one input .*found 2: \['a', 'b'\]",
-        ),
-        (
-            _graph(
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16])],
-                [helper.make_node("Relu", ["x"], ["y"])],
-            ),
-            r"input 'x' must be a 4-D float32/float16 tensor .*float32\[1, 16, 16\]",
-        ),
-        (
-            _graph(
-                [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 16, 16])],
-                [helper.make_tensor_value_info("y", TensorProto.INT64, [1, 3, 16, 16])],
-                [helper.make_node("Neg", ["x"], ["y"])],
-            ),
-            r"4-D float32/float16 tensor",
-        ),
-        (
-            _graph(
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])],
-                [helper.make_node("Relu", ["x"], ["y"])],
-            ),
-            r"3 \(RGB\) channels",
-        ),
-        (
-            _graph(
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 768])],
-                [helper.make_node("Flatten", ["x"], ["y"])],
-            ),
-            r"output 'y' must be float logits \(N, C, H, W\) or uint8 labels .*float32\[1, 768\]",
-        ),
-    ],
-    ids=["two-inputs", "3d-input", "int-input", "one-channel", "classifier-output"],
-)
-def test_annotate_refuses_graphs_the_service_cannot_serve(
-    model: onnx.ModelProto, message: str, tmp_path: Path
-) -> None:
-    path = tmp_path / "bad.onnx"
-    onnx.save(model, path)
-    with pytest.raises(SignatureError, match=message):
+def test_learn_finds_layout_type_output_and_stride(tmp_path: Path) -> None:
+    pixels = learn(_saved(tmp_path, graphs.nhwc_pixels(), "nhwc.onnx"), (32, 48))
+    assert (pixels.signature.layout, pixels.signature.dtype) == ("NHWC", "uint8")
+    assert (pixels.output_shape, pixels.stride, pixels.classes) == ((1, 3, 32, 48), (1, 1), 3)
+    strided = learn(_saved(tmp_path, graphs.strided(), "strided.onnx"), (64, 32))
+    assert (strided.output_shape, strided.stride) == ((1, 3, 16, 8), (4, 4))
+    both = learn(_saved(tmp_path, graphs.two_outputs(), "two.onnx"), (16, 16), output="aux")
+    assert (both.signature.output.name, both.other_outputs) == ("aux", ("out",))
+    ids = learn(_saved(tmp_path, graphs.argmax_int64(), "ids.onnx"), (16, 16))
+    assert (ids.signature.kind, ids.output_shape, ids.classes) == ("labels", (1, 1, 16, 16), None)
+
+
+def test_annotate_names_the_output_only_when_there_are_several(tmp_path: Path) -> None:
+    path = _saved(tmp_path, graphs.two_outputs())
+    written = annotate(path, _card(), output="out")
+    assert (written.output.name, written.output.kind) == ("out", "logits")
+    # Annotating again keeps serving the output the card names.
+    assert annotate(path, written).output.name == "out"
+
+
+def test_annotate_keeps_a_uint8_input_unnormalised(tmp_path: Path) -> None:
+    path = _saved(tmp_path, graphs.nhwc_pixels())
+    written = annotate(path, ModelCard.with_default_colors(
+        TINY_LABELS, name="pixels", input=InputSpec(height=16, width=16)
+    ))  # fmt: skip
+    assert (written.input.dtype, written.input.layout) == ("uint8", "NHWC")
+    with pytest.raises(SignatureError, match=r"uint8 pixels.*mean and std do not apply"):
         annotate(path, _card())
-    assert not onnx.load(str(path)).metadata_props
 
 
-def test_annotate_refuses_a_card_with_the_wrong_number_of_classes(tmp_path: Path) -> None:
-    path = _foreign(tmp_path)
-    card = ModelCard.with_default_colors(
-        ["bg", "a"], name="x", input=InputSpec(height=16, width=16)
+def _two_inputs() -> onnx.ModelProto:
+    return _graph(
+        [_float(n, [1, 3, 16, 16]) for n in "ab"],
+        [_float("y", [1, 3, 16, 16])],
+        [helper.make_node("Add", ["a", "b"], ["y"])],
     )
-    with pytest.raises(SignatureError, match=r"returned \(1, 3, 16, 16\).*2 classes.*needs"):
-        annotate(path, card)
 
 
-def test_annotate_reports_a_model_that_cannot_run_at_the_card_size(tmp_path: Path) -> None:
-    path = _foreign(tmp_path)  # fixed 16x16 input
-    with pytest.raises(SignatureError, match=r"failed to run on a \(1, 3, 32, 32\)"):
-        annotate(path, _card(height=32, width=32))
+def _three_d() -> onnx.ModelProto:
+    return _graph(
+        [_float("x", [1, 16, 16])],
+        [_float("y", [1, 16, 16])],
+        [helper.make_node("Relu", ["x"], ["y"])],
+    )
+
+
+def _int_input() -> onnx.ModelProto:
+    return _graph(
+        [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [1, 3, 16, 16])],
+        [helper.make_node("Neg", ["x"], ["y"])],
+    )
+
+
+def _one_channel() -> onnx.ModelProto:
+    return _graph(
+        [_float("x", [1, 1, 16, 16])],
+        [_float("y", [1, 1, 16, 16])],
+        [helper.make_node("Relu", ["x"], ["y"])],
+    )
+
+
+def _classifier() -> onnx.ModelProto:
+    return _graph(
+        [_float("x", [1, 3, 16, 16])],
+        [_float("y", [1, 768])],
+        [helper.make_node("Flatten", ["x"], ["y"])],
+    )
+
+
+def _pooled() -> onnx.ModelProto:
+    """Scores of the whole image: (N, 3, 1, 1), which is 4-D but no mask."""
+    return _graph(
+        [_float("x", ["N", 3, "H", "W"])],
+        [_float("y", ["N", 3, 1, 1])],
+        [helper.make_node("GlobalAveragePool", ["x"], ["y"])],
+    )
+
+
+def _cropped() -> onnx.ModelProto:
+    """A 5x5 convolution without padding: 4 pixels short of the input, not a fraction of it."""
+    weights = onnx.numpy_helper.from_array(np.ones((3, 3, 5, 5), np.float32), "w")
+    return _graph(
+        [_float("x", ["N", 3, "H", "W"])],
+        [_float("y", ["N", 3, "h", "w"])],
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        [weights],
+    )
+
+
+def _only_16() -> onnx.ModelProto:
+    """Any size by its signature, but a reshape inside takes only 16x16."""
+    shape = onnx.numpy_helper.from_array(np.array([1, 3, 16, 16], np.int64), "shape")
+    return _graph(
+        [_float("x", ["N", 3, "H", "W"])],
+        [_float("y", ["N", 3, "H", "W"])],
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        [shape],
+    )
+
+
+SIZE_16, SIZE_32 = ["--input-size", "16x16"], ["--input-size", "32x32"]
+# graph, annotate options, what the one-line error says
+REFUSALS: list[tuple[Callable[[], onnx.ModelProto], list[str], str]] = [
+    (_two_inputs, [], r"exactly one input \(an image batch\), found 2: \['a', 'b'\]"),
+    (_three_d, [], r"input 'x' must be a 4-D float32/float16/uint8 image tensor, .*\[1, 16, 16\]"),
+    (_int_input, [], r"must be a 4-D float32/float16/uint8 image tensor.*int64"),
+    (_one_channel, [], r"must have 3 \(RGB\) channels \(N, 3, H, W\) or \(N, H, W, 3\)"),
+    (_one_channel, ["--layout", "NHWC"], r"3 \(RGB\) channels in axis 3 \(NHWC\)"),
+    (_classifier, [], r"output 'y' must be float32/float16 scores .* float32\[1, 768\]"),
+    (_pooled, ["--input-size", "64x64"], r"'y' is 1x1: coarser than 1/32, a pooled output"),
+    (_cropped, SIZE_16, r"is 12x12: its height is not the input's divided by a whole factor"),
+    (
+        _only_16,
+        SIZE_32,
+        r"failed to run on a \(1, 3, 32, 32\) float32 input \(32x32, NCHW\); "
+        r"give the size it takes with --input-size HxW: .*Reshape",
+    ),
+    (
+        graphs.two_outputs,
+        SIZE_16,
+        r"the graph has 2 outputs: \['out', 'aux'\]; name the one to serve .*--output NAME",
+    ),
+    (
+        graphs.two_outputs,
+        [*SIZE_16, "--output", "logits"],
+        r"no output 'logits'; its outputs are \['out', 'aux'\]",
+    ),
+    (
+        graphs.nhwc_pixels,
+        [*SIZE_16, "--mean", "0,0,0"],
+        r"takes uint8 pixels, which the graph normalises itself: mean and std do not apply",
+    ),
+    (graphs.strided, [], r"the graph takes any input size: give the size to serve it at"),
+    (lambda: graphs.strided(16), SIZE_32, r"the graph takes only 16x16 inputs, not 32x32"),
+    (
+        lambda: graphs.nearest_colour(np.eye(5, 3) * 255),
+        SIZE_16,
+        r"the model scores 5 classes; the card lists 3 labels",
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "options", "message"), REFUSALS)
+def test_cli_annotate_refuses_with_one_line_saying_why(
+    build: Callable[[], onnx.ModelProto],
+    options: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = _saved(tmp_path, build())
+    args = ["annotate", str(path), "--name", "x", "--labels", ",".join(TINY_LABELS), *options]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: ")
+    assert "Traceback" not in captured.err + captured.out
+    assert re.search(message, line), line
+    assert not onnx.load(str(path)).metadata_props, "nothing is written"
+
+
+def test_cli_annotate_prints_what_it_learnt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, out = _saved(tmp_path, graphs.strided()), tmp_path / "served.onnx"
+    args = ["annotate", str(path), "--name", "quarter", "--labels", "background,red,green",
+            "--input-size", "64x48", "--mean", "0,0,0", "--std", "1,1,1",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"annotated {out}",
+        "  input   'input' float32 NCHW ['N', 3, 'H', 'W'], probed at 64x48",
+        "  output  'logits' float32 scores of 3 classes, 16x12: stride 4 (the service scales "
+        "it to the input size)",
+        "  card    'quarter': 3 classes, input 64x48, mean (0.0, 0.0, 0.0), std (1.0, 1.0, 1.0), "
+        "resize stretch",
+    ]
+    card = card_of_file(out)
+    assert (card.input.height, card.input.width, card.output.kind) == (64, 48, "logits")
+
+
+def test_cli_annotate_takes_the_size_a_graph_fixes(tmp_path: Path) -> None:
+    path = _saved(tmp_path, graphs.two_outputs(size=24))
+    args = ["annotate", str(path), "--name", "tv", "--labels", "a,b,c", "--output", "out"]
+    assert main(args) == 0
+    card = card_of_file(path)
+    assert (card.input.height, card.input.width, card.output.name) == (24, 24, "out")
 
 
 def test_cli_annotate_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,19 +285,17 @@ def test_cli_annotate_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[
     card = card_of_file(path)
     assert card.input.mean == (0, 0, 0)
     assert card.classes[1].label == "red"
-    # A wrong signature is a clear message and exit status 2, not a traceback.
-    bad = tmp_path / "bad.onnx"
-    onnx.save(
-        _graph(
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16])],
-            [helper.make_node("Relu", ["x"], ["y"])],
-        ),
-        bad,
-    )
-    assert main(["annotate", str(bad), "--name", "x", "--labels", "a,b",
-                 "--input-size", "16x16"]) == 2  # fmt: skip
-    assert "error: input 'x' must be a 4-D" in capsys.readouterr().err
+
+
+def test_cli_inspect_shows_pixels_and_the_output_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _saved(tmp_path, graphs.nhwc_pixels(size=16))
+    assert main(["annotate", str(path), "--name", "k", "--labels", "a,b,c"]) == 0
+    assert main(["inspect", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "input: 16x16 RGB NHWC uint8, pixels 0..255 (normalised in the graph)" in printed
+    assert "output: logits" in printed
 
 
 def test_cli_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,7 +66,8 @@ def test_export_matches_pytorch_and_carries_the_card(name: str, tmp_path: Path) 
     assert parity.max_abs_logit <= tolerance.max_abs_logit
     assert parity.argmax_agreement >= 0.999
     assert card_of_file(path) == card
-    assert graph_signature(onnx.load(str(path))) == ("float32", "logits")
+    found = graph_signature(onnx.load(str(path)))
+    assert (found.dtype, found.layout, found.kind) == ("float32", "NCHW", "logits")
     # Dynamic batch and size: a batch of 2 at a size that is not a stride multiple.
     x = np.random.default_rng(1).standard_normal((2, 3, 40, 72), dtype=np.float32)
     got = _run(path, x)
@@ -82,7 +83,8 @@ def test_argmax_folding_outputs_uint8_labels(tmp_path: Path) -> None:
     export(model, _card("mobile-fcn"), path, labels=True, parity_seed=0)
     card = card_of_file(path)
     assert card.output.kind == "labels"
-    assert graph_signature(onnx.load(str(path))) == ("float32", "labels")
+    found = graph_signature(onnx.load(str(path)))
+    assert (found.dtype, found.output.dtype, found.kind) == ("float32", "uint8", "labels")
     x = np.random.default_rng(2).standard_normal((3, 3, 64, 64), dtype=np.float32)
     labels = _run(path, x)
     with torch.inference_mode():

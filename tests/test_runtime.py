@@ -7,14 +7,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 from service.errors import ModelLoadError
-from service.model_card import METADATA_KEY, ClassInfo
+from service.model_card import METADATA_KEY, ClassInfo, InputSpec, ModelCard, OutputSpec
 from service.repository import ModelVersion
+from service.resampling import scale_scores
 from service.runtime import (
     CPU,
     CUDA,
@@ -29,7 +32,14 @@ from service.runtime import (
     session_options,
 )
 from service.settings import Provider, Settings
-from tests.support import expected_labels, tiny_card, tiny_model, write_tiny_model
+from tests import graphs
+from tests.support import (
+    expected_labels,
+    expected_scores,
+    tiny_card,
+    tiny_model,
+    write_tiny_model,
+)
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]
 
@@ -185,7 +195,7 @@ def test_a_card_that_does_not_match_the_tensors_is_refused(model_path: Path) -> 
     session = open_session(model_path, Settings(provider="cpu"))
     with pytest.raises(ModelLoadError, match="does not match the card"):
         check_session(session, tiny_card(size=16), model_path)
-    with pytest.raises(ModelLoadError, match="a 'labels' output has 3"):
+    with pytest.raises(ModelLoadError, match=r"holds logits .* but the card says labels"):
         check_session(session, tiny_card(size=8, output="labels"), model_path)
     four_classes = tiny_card(size=8).model_copy(
         update={"classes": [*tiny_card().classes, ClassInfo(id=3, label="blue", color=(0, 0, 128))]}
@@ -209,3 +219,101 @@ def test_class_argmax_equals_numpy_argmax(shape, dtype, data) -> None:
     logits = np.array(flat, dtype=dtype).reshape(shape)
     expected = logits.argmax(axis=1).astype(np.uint8)
     np.testing.assert_array_equal(class_argmax(logits), expected)
+
+
+# -- graphs as other tools export them (tests/graphs.py) ---------------------------------------
+def _runner(model: onnx.ModelProto, card: ModelCard, **options: bool) -> Runner:
+    session = ort.InferenceSession(model.SerializeToString(), providers=[CPU])
+    check_session(session, card, Path("model.onnx"))
+    return Runner(session, card, **options)
+
+
+def _pixels(n: int, height: int, width: int) -> np.ndarray:
+    """Black, white and primary-coloured pixels: the tiny classifier never ties on them."""
+    rng = np.random.default_rng(height * width)
+    return rng.choice([0, 255], size=(n, height, width, 3)).astype(np.uint8)
+
+
+def _batch(pixels: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    return (pixels.transpose(0, 3, 1, 2) / 255).astype(dtype)
+
+
+def _expected(pixels: np.ndarray) -> np.ndarray:
+    return np.stack([expected_labels(image) for image in pixels])
+
+
+def test_a_channels_last_uint8_graph_is_fed_the_prepared_pixels_transposed() -> None:
+    card = tiny_card(size=8).model_copy(
+        update={"input": InputSpec(height=8, width=8, layout="NHWC", dtype="uint8")}
+    )
+    pixels = _pixels(3, 8, 8)
+    runner = _runner(graphs.nhwc_pixels(), card)
+    np.testing.assert_array_equal(
+        runner.run(pixels.transpose(0, 3, 1, 2).copy()), _expected(pixels)
+    )
+
+
+def test_integer_labels_of_any_type_are_served_as_uint8() -> None:
+    pixels = _pixels(2, 8, 8)
+    for io_binding in (False, True):
+        runner = _runner(
+            graphs.argmax_int64(), tiny_card(size=8, output="labels"), io_binding=io_binding
+        )
+        labels = runner.run(_batch(pixels))
+        assert (labels.dtype, labels.shape) == (np.uint8, (2, 8, 8))
+        np.testing.assert_array_equal(labels, _expected(pixels))
+
+
+def test_class_ids_beyond_255_fail_the_batch() -> None:
+    model = graphs.argmax_int64()
+    model.graph.node.append(helper.make_node("Add", ["labels", "offset"], ["shifted"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(300, np.int64), "offset"))
+    model.graph.output[0].name = "shifted"
+    runner = _runner(model, tiny_card(size=8, output="labels"))
+    with pytest.raises(ValueError, match=r"class ids from 300 to 30[0-2]; ids are 0\.\.255"):
+        runner.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_the_card_chooses_which_output_is_served() -> None:
+    pixels = _pixels(1, 8, 8)
+    card = tiny_card(size=8).model_copy(update={"output": OutputSpec(name="aux")})
+    for io_binding in (False, True):
+        runner = _runner(graphs.two_outputs(), card, io_binding=io_binding)
+        scores = runner.run(_batch(pixels), scores=True)
+        np.testing.assert_array_equal(scores[0], -expected_scores(pixels[0]))
+
+
+def test_half_precision_graphs_answer_in_half_and_label_as_full_precision() -> None:
+    card = tiny_card(size=8).model_copy(
+        update={"input": InputSpec(height=8, width=8, dtype="float16")}
+    )
+    pixels = _pixels(2, 8, 8)
+    runner = _runner(graphs.half(), card)
+    np.testing.assert_array_equal(runner.run(_batch(pixels, np.float16)), _expected(pixels))
+    assert runner.run(_batch(pixels, np.float16), scores=True).dtype == np.float16
+
+
+def test_a_reduced_resolution_output_is_scaled_to_the_input_size() -> None:
+    pixels = _pixels(2, 24, 40)
+    batch = _batch(pixels)
+    raw = graphs.strided_scores(batch)  # (2, 3, 6, 10), computed in NumPy
+    for io_binding in (False, True):
+        runner = _runner(graphs.strided(), tiny_card(size=24), io_binding=io_binding)
+        scores = runner.run(batch, scores=True)
+        assert scores.shape == (2, 3, 24, 40)
+        np.testing.assert_allclose(scores, scale_scores(raw, (24, 40)), atol=1e-6)
+        labels = runner.run(batch)
+        assert labels.shape == (2, 24, 40)
+        np.testing.assert_array_equal(labels, scores.argmax(axis=1))
+
+
+def test_reduced_resolution_labels_are_scaled_by_nearest_neighbour() -> None:
+    model = graphs.strided()
+    model.graph.node.append(helper.make_node("ArgMax", ["logits"], ["labels"], axis=1, keepdims=0))
+    model.graph.output[0].CopyFrom(
+        helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", "h", "w"])
+    )
+    batch = _batch(_pixels(1, 16, 8))
+    coarse = graphs.strided_scores(batch).argmax(axis=1)[0]  # (4, 2)
+    labels = _runner(model, tiny_card(size=16, output="labels")).run(batch)
+    np.testing.assert_array_equal(labels[0], np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1))

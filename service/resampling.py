@@ -1,0 +1,109 @@
+"""Scores of a model whose output is smaller than its input (SegFormer's are 1/4 of it), scaled
+to the input's size as PyTorch's ``F.interpolate(mode="bilinear", align_corners=False)`` scales
+them (which is what Hugging Face's ``post_process_semantic_segmentation`` does).
+
+    scores = scale_scores(out, (512, 512))                     # (N, C, 512, 512) float32
+    labels = scaled_argmax(out, class_argmax(out), (512, 512))  # its argmax, uint8 (N, 512, 512)
+
+Bilinear with half-pixel centres is separable: each output row (column) blends two source rows
+(columns), so it is two gathers and a weighted sum per axis, never a dense matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_CHUNK_FLOATS = 1 << 20  # boundary pixels x classes blended at once in scaled_argmax (4 MiB)
+
+
+@dataclass(frozen=True, slots=True)
+class Taps:
+    """For each output pixel along one axis: its two source pixels and their weights."""
+
+    first: np.ndarray  # int64
+    second: np.ndarray  # int64: first + 1, or first at the far edge
+    first_weight: np.ndarray  # float32
+    second_weight: np.ndarray  # float32, 1 - first_weight up to rounding
+
+
+def linear_taps(n_in: int, n_out: int) -> Taps:
+    """The taps of ``n_out`` pixels scaled from ``n_in``, with PyTorch's float32 arithmetic:
+    source = max(0, n_in / n_out * (i + 0.5) - 0.5), first = floor(source), weight of the second
+    = source - first."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    # One rounding of scale * (i + 0.5) - 0.5, as PyTorch's x86 builds compute it (a fused
+    # multiply-add): in float64 both the product of two float32 and the subtraction are exact.
+    centres = np.arange(n_out, dtype=np.float64) + 0.5
+    source = np.maximum((np.float64(scale) * centres - 0.5).astype(np.float32), np.float32(0))
+    first = np.minimum(source.astype(np.int64), n_in - 1)
+    second_weight = np.clip(source - first.astype(np.float32), 0, 1).astype(np.float32)
+    return Taps(
+        first, np.minimum(first + 1, n_in - 1), np.float32(1) - second_weight, second_weight
+    )
+
+
+def scale_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, C, h, w) float scores scaled bilinearly to ``size`` (H, W): float32 (N, C, H, W)."""
+    rows = linear_taps(scores.shape[2], size[0])
+    cols = linear_taps(scores.shape[3], size[1])
+    # Along the width first, then the height: PyTorch's order, so that the roundings agree.
+    # (``take`` returns C-ordered arrays; fancy indexing on the last axis may not.)
+    blended = scores.take(cols.first, axis=3) * cols.first_weight
+    blended += scores.take(cols.second, axis=3) * cols.second_weight
+    out = blended.take(rows.first, axis=2) * rows.first_weight[:, None]
+    out += blended.take(rows.second, axis=2) * rows.second_weight[:, None]
+    return out
+
+
+def scaled_argmax(scores: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``scale_scores(scores, size).argmax(axis=1)`` as uint8 (N, H, W), given ``labels``, the
+    argmax (N, h, w) of ``scores`` at their own size, without scaling every class's scores.
+
+    An output pixel whose four source pixels share a label keeps it: its scores are a weighted
+    mean of theirs with non-negative weights, so that class still scores highest. Only the other
+    pixels (along class boundaries) are blended, all classes at once, with the arithmetic of
+    ``scale_scores``. The answer is the same except where two classes' blended scores round to
+    the same float, where the full argmax takes the lower class id.
+    """
+    height, width = size
+    rows = linear_taps(labels.shape[1], height)
+    cols = linear_taps(labels.shape[2], width)
+    upper, lower = labels.take(rows.first, axis=1), labels.take(rows.second, axis=1)
+    out = upper.take(cols.first, axis=2)
+    corners = (
+        upper.take(cols.second, axis=2),
+        lower.take(cols.first, axis=2),
+        lower.take(cols.second, axis=2),
+    )
+    boundary = (out != corners[0]) | (out != corners[1]) | (out != corners[2])
+    for image in range(len(out)):
+        _blend_boundary(scores[image], out[image], np.flatnonzero(boundary[image]), rows, cols)
+    return out
+
+
+def _blend_boundary(
+    scores: np.ndarray, labels: np.ndarray, pixels: np.ndarray, rows: Taps, cols: Taps
+) -> None:
+    """Set ``labels`` (H, W) at the flat indices ``pixels`` to the argmax of one image's
+    (C, h, w) ``scores`` blended there, a chunk of pixels at a time."""
+    if not pixels.size:
+        return
+    # Each source pixel's scores as one contiguous row: the gathers below read whole rows.
+    by_pixel = np.ascontiguousarray(scores.transpose(1, 2, 0))
+    step = max(1, _CHUNK_FLOATS // scores.shape[0])
+    flat = labels.reshape(-1)
+    for start in range(0, pixels.size, step):
+        index = pixels[start : start + step]
+        i, j = np.divmod(index, labels.shape[1])
+        r0, r1, c0, c1 = rows.first[i], rows.second[i], cols.first[j], cols.second[j]
+        w0, w1 = cols.first_weight[j, None], cols.second_weight[j, None]
+        top = by_pixel[r0, c0] * w0
+        top += by_pixel[r0, c1] * w1
+        bottom = by_pixel[r1, c0] * w0
+        bottom += by_pixel[r1, c1] * w1
+        top *= rows.first_weight[i, None]
+        bottom *= rows.second_weight[i, None]
+        top += bottom
+        flat[index] = top.argmax(axis=1)
