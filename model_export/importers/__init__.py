@@ -16,6 +16,7 @@ TORCHVISION_MODELS = (
     "lraspp_mobilenet_v3_large",
 )
 SMP_ARCHITECTURES = ("Unet", "FPN", "DeepLabV3Plus")
-# The card's input size and native long-side limit: torchvision's weights were trained and
-# evaluated on images resized to 520 px, SegFormer's ADE20K ones on 512 px crops.
-DEFAULT_SIZES = {"torchvision": 520, "segformer": 512, "smp": 512}
+# The card's input size and native long-side limit. torchvision's weights were trained and are
+# evaluated at 520 px, SegFormer's ADE20K ones on 512 px crops; 512 for all, because the native
+# policy pads to 64 px steps and would run 520 as 576 (23 % more pixels; docs/MODEL.md).
+DEFAULT_SIZES = {"torchvision": 512, "segformer": 512, "smp": 512}

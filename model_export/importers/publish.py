@@ -3,7 +3,7 @@ the export with its parity check, the file in ``models/<name>/<version>/model.on
 
     built = torchvision_models.build("lraspp_mobilenet_v3_large", classes=21, weights=Weights())
     dataset, classes = class_set("voc")
-    path, parity = publish(built, Release("voc-lraspp", Path("models")), classes, dataset, size=520)
+    path, parity = publish(built, Release("voc-lraspp", Path("models")), classes, dataset, size=512)
 """
 
 from __future__ import annotations
