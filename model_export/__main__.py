@@ -1,4 +1,4 @@
-"""``python -m model_export {train,evaluate,export,annotate,inspect}``."""
+"""``python -m model_export {train,evaluate,export,import,annotate,inspect}``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from typing import Any
 from model_export.architectures import ARCHITECTURES
 from model_export.checkpoint import TrainConfig
 from model_export.datasets import DATASETS
+from model_export.importers import DEFAULT_SIZES, SMP_ARCHITECTURES, TORCHVISION_MODELS
+from model_export.importers.presets import PRESETS
+
+# `import` is a Python keyword: its function in `commands` has another name.
+_FUNCTIONS = {"import": "import_model"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _export_options(
         sub.add_parser("export", help="export a checkpoint to ONNX with a parity check and card")
+    )
+    _import_options(
+        sub.add_parser(
+            "import",
+            help="a torchvision, SegFormer or smp network with its weights -> ONNX with a card, "
+            "checked against the library's own forward pass, into the model repository",
+        )
     )
     _annotate_options(
         sub.add_parser("annotate", help="add or replace the card of an ONNX model made elsewhere")
@@ -177,6 +189,78 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _import_options(p: argparse.ArgumentParser) -> None:
+    families = p.add_subparsers(
+        dest="family", required=True, metavar="FAMILY", help="torchvision, segformer or smp"
+    )
+    tv = families.add_parser("torchvision", help="torchvision's FCN, DeepLabV3 and LR-ASPP")
+    tv.add_argument("model", choices=TORCHVISION_MODELS, help="the builder's name")
+    weights = _weights_options(tv, "a state dict saved from the same builder (aux heads ignored)")
+    weights.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="torchvision's DEFAULT weights (COCO images, the 21 VOC classes), downloaded "
+        "into TORCH_HOME (~/.cache/torch) unless already there",
+    )
+    _release_options(tv, "torchvision")
+    seg = families.add_parser("segformer", help="transformers' SegformerForSemanticSegmentation")
+    seg.add_argument(
+        "source",
+        help="a local Hugging Face directory (config.json and weights), or a Hub id with "
+        "--pretrained",
+    )
+    how = seg.add_mutually_exclusive_group()
+    how.add_argument(
+        "--pretrained", action="store_true", help="download SOURCE from the Hugging Face Hub"
+    )
+    how.add_argument(
+        "--random-init",
+        action="store_true",
+        help="SOURCE's config.json only, random weights (for tests and timing)",
+    )
+    _release_options(seg, "segformer")
+    smp = families.add_parser("smp", help="segmentation_models_pytorch's Unet, FPN, DeepLabV3Plus")
+    smp.add_argument("architecture", choices=SMP_ARCHITECTURES, help="the smp class")
+    smp.add_argument("--encoder", required=True, help="the encoder's smp name, e.g. resnet34")
+    _weights_options(smp, "a state dict of the same architecture, encoder and class count")
+    _release_options(smp, "smp")
+
+
+def _weights_options(p: argparse.ArgumentParser, weights_help: str) -> Any:
+    """The required choice of weights: a file, or none (``--random-init``)."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--weights", type=Path, help=f"{weights_help} (.pt, .pth, .safetensors)")
+    which.add_argument(
+        "--random-init", action="store_true", help="no weights (for tests and timing)"
+    )
+    return which
+
+
+def _release_options(p: argparse.ArgumentParser, family: str) -> None:
+    p.add_argument(
+        "--classes",
+        required=True,
+        help=f"{', '.join(PRESETS)} (names and palette), or a file with one label per line",
+    )
+    p.add_argument("--name", required=True, help="model name ([A-Za-z0-9._-])")
+    p.add_argument("--version", type=int, help="default: one more than the highest there")
+    p.add_argument(
+        "--repository", type=Path, default=Path("models"), help="model repository (%(default)s)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=DEFAULT_SIZES[family],
+        help="the card's input size and native long-side limit (%(default)s)",
+    )
+    p.add_argument("--description", default="", help="one line for the card")
+    p.add_argument(
+        "--max-logit-diff",
+        type=float,
+        help="also require max |ONNX - PyTorch| logit <= this (default: argmax agreement only)",
+    )
+
+
 def _annotate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="the ONNX model to annotate")
     p.add_argument("--out", type=Path, help="write here instead of in place")
@@ -225,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     from model_export import commands  # ONNX and its Runtime load once the arguments are valid
 
     try:
-        return getattr(commands, args.command)(args)
+        return getattr(commands, _FUNCTIONS.get(args.command, args.command))(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,9 +19,10 @@ from service.model_card import ClassInfo, ModelCard, TrainingCard
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(*extra: str) -> dict[str, str]:
+    """Installed versions of the export stack and of the ``extra`` distributions."""
     versions = {}
-    for name in _LIBRARIES:
+    for name in (*_LIBRARIES, *extra):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -21,6 +21,9 @@ from model_export.evaluate import evaluate as score
 from model_export.evaluate import onnx_predictor, onnx_session, torch_predictor
 from model_export.export import PARITY, Tolerance
 from model_export.export import export as export_model
+from model_export.importers.presets import class_set
+from model_export.importers.publish import IMPORT_PARITY, Built, Release, publish
+from model_export.importers.weights import Weights
 from model_export.train import train as train_model
 from service.model_card import InputSpec, ModelCard, TrainingCard
 
@@ -222,3 +225,36 @@ def _triple(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ValueError(f"expected three comma-separated numbers, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def import_model(args: argparse.Namespace) -> int:
+    dataset, classes = class_set(args.classes)
+    built = _built(args, num_classes=len(classes))
+    release = Release(args.name, args.repository, args.version, args.description)
+    tolerance = IMPORT_PARITY
+    if args.max_logit_diff is not None:
+        tolerance = replace(tolerance, max_abs_logit=args.max_logit_diff)
+    path, parity = publish(built, release, classes, dataset, size=args.size, tolerance=tolerance)
+    print(
+        f"wrote {path}: {len(classes)} classes, argmax agreement {parity.argmax_agreement:.5f}, "
+        f"max |Δlogit| {parity.max_abs_logit:.2e} (ONNX Runtime against {args.family})"
+    )
+    return 0
+
+
+def _built(args: argparse.Namespace, *, num_classes: int) -> Built:
+    """The family's network with its weights; each family's library loads only when asked for."""
+    if args.family == "segformer":
+        from model_export.importers import segformer
+
+        return segformer.build(args.source, download=args.pretrained, random_init=args.random_init)
+    weights = Weights(path=args.weights, pretrained=getattr(args, "pretrained", False))
+    if args.family == "torchvision":
+        from model_export.importers import torchvision_models
+
+        return torchvision_models.build(args.model, classes=num_classes, weights=weights)
+    from model_export.importers import smp_models
+
+    return smp_models.build(
+        args.architecture, encoder=args.encoder, classes=num_classes, weights=weights
+    )

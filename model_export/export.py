@@ -4,7 +4,9 @@
 with a dynamic batch dimension, and dynamic height/width unless asked otherwise. Before anything
 is written the file must reproduce PyTorch on fresh random inputs (see ``PARITY``); optional
 fp16 weights, and optional argmax folded into the graph (uint8 labels out, card
-``output.kind="labels"``). The model card goes into ``metadata_props``.
+``output.kind="labels"``). The model card goes into ``metadata_props``. ``Graph`` describes
+networks made elsewhere (``model_export.importers``): their input's name, the multiple their
+height and width must be, and logits smaller than the input.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -46,6 +49,17 @@ PARITY = {
 }
 
 
+@dataclass(frozen=True)
+class Graph:
+    """The exported graph's interface beyond the card: the input's name; height and width as
+    multiples of ``size_multiple`` (networks that refuse other sizes); ``full_size`` logits, at
+    the input's height and width, or smaller ones (SegFormer's are 1/4 of the input)."""
+
+    input_name: str = INPUT_NAME
+    size_multiple: int = 1
+    full_size: bool = True
+
+
 class ParityError(RuntimeError):
     """The exported graph does not compute what the PyTorch model computes."""
 
@@ -66,18 +80,24 @@ def export(
     dynamic_size: bool = True,
     tolerance: Tolerance | None = None,
     parity_seed: int | None = None,
+    graph: Graph = Graph(),
 ) -> Parity:
     """Export ``model`` with ``card`` to ``path``; raises ``ParityError`` (writing nothing) when
     ONNX Runtime disagrees with PyTorch beyond ``tolerance`` (default ``PARITY`` for the
     precision). ``card.input`` and ``card.output`` are set from the options here, so the card
-    always describes the file."""
+    always describes the file. ValueError for argmax folding on logits smaller than the input
+    (the labels would be too)."""
+    if labels and not graph.full_size:
+        raise ValueError("--labels needs logits at the input's size; these are smaller")
     model = model.eval().cpu()
     h, w = card.input.height, card.input.width
     # fp16: weights and activations in half precision, input and logits too.
-    proto = _to_onnx(copy.deepcopy(model).half() if fp16 else model, h, w, dynamic_size)
+    proto = _to_onnx(copy.deepcopy(model).half() if fp16 else model, h, w, dynamic_size, graph)
     sizes = [(1, h, w), (3, h, w)]
     if dynamic_size:
-        sizes.append((2, h + 8, w + 40))  # not a multiple of the stride: the pad/crop path
+        # Not a multiple of 32 where the network allows: the pad/crop path.
+        step = graph.size_multiple
+        sizes.append((2, _round_up(h + 8, step), _round_up(w + 40, step)))
     tolerance = tolerance or PARITY["fp16" if fp16 else "fp32"]
     parity = check_parity(model, proto, sizes, tolerance=tolerance, seed=parity_seed)
     if labels:
@@ -98,17 +118,26 @@ def export(
     return parity
 
 
-def _to_onnx(model: nn.Module, height: int, width: int, dynamic_size: bool) -> onnx.ModelProto:
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def _to_onnx(
+    model: nn.Module, height: int, width: int, dynamic_size: bool, graph: Graph
+) -> onnx.ModelProto:
     dtype = next(model.parameters()).dtype
     example = torch.zeros(2, 3, height, width, dtype=dtype)
-    dims: dict[int, Dim] = {0: Dim("batch")}
-    if dynamic_size:
+    dims: dict[int, Any] = {0: Dim("batch")}
+    if dynamic_size and graph.size_multiple > 1:
+        step = graph.size_multiple
+        dims |= {2: step * Dim(f"height_{step}"), 3: step * Dim(f"width_{step}")}
+    elif dynamic_size:
         dims |= {2: Dim("height"), 3: Dim("width")}
     program = torch.onnx.export(
         model,
         (example,),
         dynamo=True,
-        input_names=[INPUT_NAME],
+        input_names=[graph.input_name],
         output_names=[LOGITS_NAME],
         dynamic_shapes=(dims,),
         opset_version=OPSET,
@@ -116,10 +145,10 @@ def _to_onnx(model: nn.Module, height: int, width: int, dynamic_size: bool) -> o
     )
     assert program is not None
     proto = program.model_proto
-    # The exporter spells the cropped output size as a formula of the input's; every model here
+    # The exporter spells the cropped output size as a formula of the input's; a full-size model
     # returns the input's batch, height and width (check_parity verifies it), so say so plainly.
     (x,), (y,) = proto.graph.input, proto.graph.output
-    for axis in (0, 2, 3):
+    for axis in (0, 2, 3) if graph.full_size else (0,):
         y.type.tensor_type.shape.dim[axis].CopyFrom(x.type.tensor_type.shape.dim[axis])
     return proto
 
@@ -142,13 +171,13 @@ def check_parity(
         x = rng.standard_normal((batch, 3, height, width), dtype=np.float32)
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
-        (got,) = session.run(None, {INPUT_NAME: x.astype(input_type)})
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.astype(input_type)})
         if got.shape != expected.shape:
             raise ParityError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
         got = got.astype(np.float32)
         worst = max(worst, float(np.abs(got - expected).max()))
         agree += int((got.argmax(1) == expected.argmax(1)).sum())
-        total += batch * height * width
+        total += expected[:, 0].size  # the logits' pixels: 1/16 of the input's for SegFormer
     parity = Parity(max_abs_logit=worst, argmax_agreement=agree / total)
     log.info("parity: max |Δlogit| %.2e, argmax agreement %.5f", worst, parity.argmax_agreement)
     if worst > tolerance.max_abs_logit or parity.argmax_agreement < tolerance.min_argmax_agreement:
