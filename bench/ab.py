@@ -3,15 +3,16 @@
     git worktree add /tmp/segserve-a <commit>          # tree A; B is this checkout
     python -m bench.ab --base /tmp/segserve-a --rounds 2 --out bench/results/ab
 
-Each round measures tree A (``--base``), then tree B (this checkout): a fresh ``python -m
-service`` from that tree with the same settings (default: the CPU pod's layout, 2 processes x 1
-worker x 1 ONNX Runtime thread), the c=32 and c=1 closed loops with the raw client
-(``bench.loadtest`` in its own process), and the CPU of the servers' event-loop threads read from
-/proc around each level. Each round also runs ``bench.offline`` of this checkout with the same
-settings and ``--processes`` (the pipeline both trees serve, without HTTP), which gives both
-trees' like-for-like ratios: the offline CPU per image against the served CPU per request at
-c=32, the c=32 throughput against the offline limit, and the c=1 p50 against the offline
-single-image latency. Alternating the trees spreads a burst of load from elsewhere over both.
+Each round measures tree A (``--base``) and tree B (this checkout), each first in turn: a
+fresh ``python -m service`` from that tree with the same settings (default: the CPU pod's layout,
+2 processes x 1 worker x 1 ONNX Runtime thread), the c=32 and c=1 closed loops with the raw
+client (``bench.loadtest`` in its own process), and the CPU of the servers' event-loop threads
+read from /proc around each level. Each round first runs ``bench.offline`` of this checkout with
+the same settings and ``--processes`` (the pipeline both trees serve, without HTTP), which gives
+both trees the like-for-like figures of ``bench.targets``: the offline CPU per image against the
+served CPU per request at c=32, the c=32 throughput against the offline limit, and the c=1 p50
+against the offline single-image latency. Alternating spreads a burst of load from elsewhere
+over both trees.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import procstat
 from bench.server import (
@@ -32,6 +34,7 @@ from bench.server import (
     serve,
     settings_dict,
 )
+from bench.targets import largest_batch, like_for_like
 
 CPU_POD = (
     "SEGSERVE_PROCESSES=2",
@@ -72,7 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def measure_tree(args: argparse.Namespace, tree: Path, tag: str, settings: list[str]) -> dict:
     """A fresh server from ``tree``: each load level, then stopped."""
     log = args.out / "tmp" / f"{tag}.log"
-    levels: dict[str, dict] = {"load_before": str(procstat.load_average())}  # type: ignore[dict-item]
+    levels: dict[str, Any] = {"load_before": str(procstat.load_average())}
     with serve("segserve", args.model, log, settings_dict(settings), root=tree) as server:
         for concurrency in LEVELS:
             level = _level(
@@ -107,18 +110,10 @@ def _level(args: argparse.Namespace, url: str, pid: int, out: Path, concurrency:
     return Level(result, loop, procstat.cpu_seconds(pid) - cpu0)
 
 
-def ratios(tree: dict, offline: dict) -> dict[str, float]:
-    """The like-for-like figures of one tree's run against the round's offline run."""
-    best = max(offline["batches"], key=lambda b: b["images_per_s"])
+def ratios(tree: dict, offline: dict, batch_size: int) -> dict[str, float]:
+    """``bench.targets``' like-for-like figures of one tree's run, and its event loops' CPU."""
     c32, c1 = tree["c32"], tree["c1"]
-    return {
-        "server_cpu_ms_per_request": c32["server_cpu_ms_per_request"],
-        "offline_cpu_ms_per_image": best["cpu_ms_per_image"],
-        "cpu_ratio": best["cpu_ms_per_image"] / c32["server_cpu_ms_per_request"],
-        "throughput_ratio": c32["throughput_rps"] / offline["limit_images_per_s"],
-        "c1_p50_ms": c1["latency_ms"]["p50"],
-        "single_image_ms": offline["single_image_ms"],
-        "c1_ratio": c1["latency_ms"]["p50"] / offline["single_image_ms"],
+    return like_for_like(c32, c1, offline, batch_size) | {
         "loop_cpu_ms_per_request_c32": c32["loop_cpu_ms_per_request"],
         "loop_cpu_ms_per_request_c1": c1["loop_cpu_ms_per_request"],
         "rps_c32": c32["throughput_rps"],
@@ -128,6 +123,7 @@ def ratios(tree: dict, offline: dict) -> dict[str, float]:
 def run_rounds(args: argparse.Namespace) -> list[dict]:
     settings = args.settings or list(CPU_POD)
     processes = int(settings_dict(settings).get("SEGSERVE_PROCESSES", "1"))
+    batch_size = largest_batch(settings_dict(settings))
     rows = []
     for round_ in range(args.rounds):
         offline = run_offline(
@@ -139,7 +135,8 @@ def run_rounds(args: argparse.Namespace) -> list[dict]:
             "--batch-sizes",
             args.batch_sizes,
         )
-        for tag, tree in (("A", args.base.resolve()), ("B", ROOT)):
+        trees = (("A", args.base.resolve()), ("B", ROOT))
+        for tag, tree in trees if round_ % 2 == 0 else trees[::-1]:  # A B, B A, A B, ...
             run = measure_tree(args, tree, f"{tag}-{round_}", settings)
             row = {
                 "tree": tag,
@@ -147,7 +144,7 @@ def run_rounds(args: argparse.Namespace) -> list[dict]:
                 "round": round_,
                 "load_before": run["load_before"],
             }
-            row |= {"load_after": run["c1"]["load_average"]} | ratios(run, offline)
+            row |= {"load_after": run["c1"]["load_average"]} | ratios(run, offline, batch_size)
             print(_line(row), flush=True)
             rows.append(row)
     return rows
