@@ -118,8 +118,8 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
 
 class SegmentDoor:
     """``POST /segment`` as a pure ASGI middleware, inside segserve's own middlewares and ahead
-    of FastAPI's exception middleware, routing and parameter solving (together ~0.25 ms of
-    event-loop CPU per request on the bench machine; docs/PERFORMANCE.md). It calls the
+    of FastAPI's exception middleware, routing and parameter solving (together ~0.3 ms of
+    event-loop CPU per request on the 2-core bench machine; docs/PERFORMANCE.md). It calls the
     documented route's own function with the query validated against ``SegmentQuery``, and
     answers errors with the app's registered handlers (``service.problems``), as the route would;
     anything else propagates as from a route. Other requests pass through."""
