@@ -74,7 +74,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def measure_tree(args: argparse.Namespace, tree: Path, tag: str, settings: list[str]) -> dict:
     """A fresh server from ``tree``: each load level, then stopped."""
-    log = args.out / "tmp" / f"{tag}.log"
+    log = ROOT / "bench" / "results" / "tmp" / f"ab-{tag}.log"
     levels: dict[str, Any] = {"load_before": str(procstat.load_average())}
     with serve("segserve", args.model, log, settings_dict(settings), root=tree) as server:
         for concurrency in LEVELS:
