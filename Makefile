@@ -111,16 +111,14 @@ model-v1: $(VENV)/.dev
 		--description "Mobile FCN: circles, squares, triangles and stars in synthetic Shapes scenes"
 	$(BIN)/python examples/generate.py
 
-# The performance record (docs/PERFORMANCE.md): the four targets (the CPU pod's 2-process layout,
-# then the default one), the in-process and server-level lever tables, the latency/throughput
-# sweep against the naive baseline (LitServe, BentoML and Ray Serve need their own venvs:
-# docs/PERFORMANCE.md). About 25 minutes; run on a quiet machine.
+# The performance record (docs/PERFORMANCE.md): the targets (the CPU pod's 2-process layout, with
+# its own 2-process offline run, then the default one), the in-process and server-level lever
+# tables, the latency/throughput sweep against the naive baseline (LitServe, BentoML and Ray
+# Serve need their own venvs: docs/PERFORMANCE.md). About 25 minutes; run on a quiet machine.
 TWO_PROCESSES := SEGSERVE_PROCESSES=2 SEGSERVE_WORKER_THREADS=1 SEGSERVE_INTRA_OP_THREADS=1
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.targets $(addprefix --server-set=,$(TWO_PROCESSES))
 	$(BIN)/python -m bench.targets --out bench/results/targets-1p
-	$(BIN)/python -m bench.offline --processes 2 --set=SEGSERVE_WORKER_THREADS=1 \
-		--set=SEGSERVE_INTRA_OP_THREADS=1 --json bench/results/targets/offline-small-2p.json
 	$(BIN)/python -m bench.levers --json bench/results/levers.json
 	$(BIN)/python -m bench.compare
 	$(BIN)/python -m bench.sweep --servers segserve,segserve-2p,naive \

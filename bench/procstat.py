@@ -35,8 +35,8 @@ def _rss_one(pid: int) -> int:
     return 0  # a zombie has no VmRSS line
 
 
-def _cpu_one(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_one(pid: int, stat: str = "stat") -> float:
+    with open(f"/proc/{pid}/{stat}") as f:
         # The command name may contain spaces: fields start after the last ')'.
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
@@ -51,6 +51,12 @@ def rss_bytes(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of ``pid``, its threads and its living descendants."""
     return _sum_over_tree(pid, _cpu_one)
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of the main thread of ``pid`` and of each living
+    descendant: a segserve server process runs its event loop there (a supervisor's is idle)."""
+    return _sum_over_tree(pid, lambda one: _cpu_one(one, f"task/{one}/stat"))
 
 
 def _sum_over_tree(pid: int, measure: Callable[[int], float]) -> float:

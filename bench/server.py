@@ -133,10 +133,14 @@ def command_for(kind: str, model: Path, port: int, variant: list[str] | None = N
     raise ValueError(f"unknown server kind {kind!r}")
 
 
-def segserve_env(model: Path, port: int, settings: dict[str, str]) -> dict[str, str]:
+def segserve_env(
+    model: Path, port: int, settings: dict[str, str], root: Path = ROOT
+) -> dict[str, str]:
     """A clean SEGSERVE_ environment serving ``model`` alone (not the other versions beside it,
-    which a request naming no version would otherwise reach), on loopback."""
+    which a request naming no version would otherwise reach), on loopback, with the code of the
+    source tree ``root``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+    env["PYTHONPATH"] = str(root)
     repository = single_version_repository(model)
     return (
         env
@@ -177,15 +181,17 @@ def serve(
     settings: dict[str, str] | None = None,
     ready_timeout_s: float = 120.0,
     variant: list[str] | None = None,
+    root: Path = ROOT,
 ) -> Iterator[RunningServer]:
-    """Run ``kind`` ("segserve" or "naive") serving ``model`` until the block exits."""
+    """Run ``kind`` ("segserve" or "naive") serving ``model`` until the block exits; segserve
+    from the source tree ``root`` (another checkout, for an A/B: ``bench.ab``)."""
     port = _free_port()
-    env = segserve_env(model, port, settings or {})
+    env = segserve_env(model, port, settings or {}, root)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command_for(kind, model, port, variant),
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -57,6 +57,7 @@ def create_app(
     apidocs.install_api_docs(app)
     page.install_page(app)
     install_error_handlers(app, describe_invalid=api.describe_invalid_segment)
+    app.add_middleware(api.SegmentDoor)  # innermost: the ones added after it see /segment too
     app.add_middleware(HeadAsGet)  # inside the access log, which records the HEAD
     app.add_middleware(AccessLog)
     # Outermost: the request id exists before anything logs. The page and the docs' assets hold

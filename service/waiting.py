@@ -23,15 +23,18 @@ async def unless_gone(
     if client_gone is None:
         return await queued
     watcher: asyncio.Future[object] = asyncio.ensure_future(client_gone())
+    # A callback, not asyncio.wait: no waiter future and callbacks on both per request.
+    watcher.add_done_callback(lambda _: queued.cancel())
     try:
-        await asyncio.wait((queued, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await queued
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():  # gone: its callback cancelled queued
+            raise ClientClosed(
+                "the client closed the connection before its answer was ready"
+            ) from None
+        raise  # this request cancelled: awaiting queued has cancelled it too
     finally:
         watcher.cancel()
-        if not queued.done():  # gone, or this request cancelled: free its place in the queue
-            queued.cancel()
-    if queued.cancelled():
-        raise ClientClosed("the client closed the connection before its answer was ready")
-    return queued.result()
 
 
 def abandon(future: asyncio.Future[Any]) -> None:

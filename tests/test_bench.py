@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import offline, sweep
+from bench import offline, procstat, sweep
 from bench.images import jpeg_bytes, sample_jpeg
 from bench.loadtest import LoadSpec, check_answer, require_loopback, run
 from bench.server import serve
+from bench.targets import like_for_like
 from tests.support import write_tiny_model
 
 
@@ -200,3 +202,29 @@ def test_levers_argmax_folding_matches_numpy(tiny_model: Path) -> None:
     labels = folded.run(None, {"input": x})[0]
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, logits.argmax(axis=1))
+
+
+def test_like_for_like_takes_the_offline_cpu_at_the_servers_batch_size() -> None:
+    batches = [
+        {"batch_size": 1, "images_per_s": 400.0, "cpu_ms_per_image": 3.4},
+        {"batch_size": 8, "images_per_s": 450.0, "cpu_ms_per_image": 3.0},
+        {"batch_size": 16, "images_per_s": 500.0, "cpu_ms_per_image": 2.9},
+    ]
+    in_process = {"limit_images_per_s": 500.0, "single_image_ms": 2.0, "batches": batches}
+    c32 = {"server_cpu_ms_per_request": 3.2, "throughput_rps": 450.0}
+    c1 = {"latency_ms": {"p50": 2.6}}
+    same = like_for_like(c32, c1, in_process, batch_size=8)
+    assert same["offline_batch_size"] == 8
+    assert same["cpu_ratio"] == pytest.approx(3.0 / 3.2)
+    assert same["throughput_ratio"] == pytest.approx(0.9)
+    assert same["c1_ratio"] == pytest.approx(1.3)
+    # A batch size the offline run did not measure: its best batch instead.
+    assert like_for_like(c32, c1, in_process, batch_size=4)["offline_batch_size"] == 16
+
+
+def test_main_thread_cpu_is_part_of_the_process_cpu() -> None:
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn a little CPU on this (the main) thread
+        pass
+    main_thread = procstat.main_thread_cpu_seconds(os.getpid())
+    assert 0 < main_thread <= procstat.cpu_seconds(os.getpid())

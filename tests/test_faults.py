@@ -330,7 +330,9 @@ def test_a_failed_batch_takes_down_only_the_requests_batched_with_it(
     once for all of them), and the next batch is fine."""
     repo = tmp_path / "models"
     write_failing_model(repo)
-    env = env_for(repo, max_batch_size=8, max_batch_delay_ms=300)
+    # Not eager: a batch waits out the delay, so the three requests share it whatever the order
+    # in which their uploads are read and decoded.
+    env = env_for(repo, max_batch_size=8, max_batch_delay_ms=300, batch_eager="false")
     with running_server(env, log_path) as server, server.client() as client:
         responses = asyncio.run(_mixed(server.base_url, [DARK, WHITE, DARK]))
         assert [r.status_code for r in responses] == [500, 500, 500]
