@@ -30,7 +30,7 @@ from bench.server import (
     serve,
     settings_dict,
 )
-from bench.targets import Verdict
+from bench.verdict import Verdict
 
 RESULTS = ROOT / "bench" / "results" / "overload"
 SHARES = (0.5, 0.8, 1.0, 1.5, 2.0)

@@ -34,7 +34,7 @@ from bench.server import (
     run_offline,
     serve,
 )
-from bench.targets import Verdict
+from bench.verdict import Verdict
 
 RESULTS = ROOT / "bench" / "results" / "policies"
 LATEST_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "2" / "model.onnx"

@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import sections
 from bench.procstat import load_average
 from bench.server import (
     DEFAULT_MODEL,
@@ -35,23 +36,12 @@ from bench.server import (
     serve,
     settings_dict,
 )
+from bench.verdict import Verdict
 from service.settings import Settings
 
 RESULTS = ROOT / "bench" / "results"
 SERVER_LOGS = RESULTS / "tmp"
 OPEN_LOOP_SHARES = (0.5, 0.7, 0.9)  # of the closed-loop c=32 throughput
-
-
-@dataclass(frozen=True)
-class Verdict:
-    name: str
-    measured: str
-    bound: str
-    met: bool
-
-    def row(self) -> str:
-        verdict = "met" if self.met else "NOT met"
-        return f"| {self.name} | {self.measured} | {self.bound} | {verdict} |"
 
 
 @dataclass(frozen=True)
@@ -85,6 +75,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=["raw", "httpx"],
         default="raw",
         help="load client for the targets; c=32 is also run with httpx",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also judge graceful overload, the input policies, the pipeline's CPU against "
+        "--base and the decode floor (bench.sections; about 15 minutes in all)",
+    )
+    parser.add_argument(
+        "--base", type=Path, help="a source tree of the code before (e.g. a git worktree)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "targets")
     return parser.parse_args(argv)
@@ -295,6 +294,20 @@ def render(m: Measured, verdicts: list[Verdict], cpu: dict[str, float]) -> list[
     return table
 
 
+def _sections(args: argparse.Namespace, c1_large_p50_ms: float) -> tuple[list[Verdict], list[str]]:
+    """The other sections' verdicts and notes (bench.sections), each run after the last."""
+    verdicts, notes = [], []
+    for section_verdicts, section_notes in (
+        sections.overload_section(args.model, args.out / "overload", args.duration),
+        sections.policies_section(args.out / "policies", args.duration),
+        sections.pipeline_section(args.model, args.base, args.out / "pipeline"),
+        ([], sections.decode_floor_lines(c1_large_p50_ms)),
+    ):
+        verdicts += section_verdicts
+        notes += section_notes
+    return verdicts, notes
+
+
 def largest_batch(settings: dict[str, str]) -> int:
     """The servers' largest batch (``settings``: every SEGSERVE_ setting they run with)."""
     default = Settings.model_fields["max_batch_size"].default
@@ -309,6 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     verdicts = judge(measured, largest_batch(settings))
     cpu = cpu_split(measured)
     table = render(measured, verdicts, cpu)
+    if args.all:
+        more, notes = _sections(args, measured.runs["c1-large"]["latency_ms"]["p50"])
+        rows_end = 2 + len(verdicts)  # after the header, separator and this run's own rows
+        table[rows_end:rows_end] = [v.row() for v in more]
+        verdicts += more
+        table += ["", *notes]
     summary = {
         "model": str(args.model),
         "settings": settings,
