@@ -118,7 +118,7 @@ model-v1: $(VENV)/.dev
 TWO_PROCESSES := SEGSERVE_PROCESSES=2 SEGSERVE_WORKER_THREADS=1 SEGSERVE_INTRA_OP_THREADS=1
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.targets $(addprefix --server-set=,$(TWO_PROCESSES))
-	$(BIN)/python -m bench.targets --out bench/results/targets-1p
+	$(BIN)/python -m bench.targets --all --out bench/results/targets-all
 	$(BIN)/python -m bench.levers --json bench/results/levers.json
 	$(BIN)/python -m bench.compare
 	$(BIN)/python -m bench.sweep --servers segserve,segserve-2p,naive \

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import offline, procstat, sweep
+from bench import offline, procstat, sections, sweep
 from bench.images import jpeg_bytes, sample_jpeg
 from bench.loadtest import LoadSpec, check_answer, require_loopback, run
 from bench.server import serve
@@ -228,3 +228,14 @@ def test_main_thread_cpu_is_part_of_the_process_cpu() -> None:
         pass
     main_thread = procstat.main_thread_cpu_seconds(os.getpid())
     assert 0 < main_thread <= procstat.cpu_seconds(os.getpid())
+
+
+def test_pipeline_section_compares_two_trees(tiny_model: Path, tmp_path: Path) -> None:
+    # The same tree on both sides: a verdict whose ratio is near 1, so the 30 % cut is not met.
+    (verdict,), _ = sections.pipeline_section(tiny_model, Path.cwd(), tmp_path)
+    assert not verdict.met
+    assert (tmp_path / "offline-base.json").is_file()
+    assert (tmp_path / "offline-now.json").is_file()
+    assert sections.pipeline_section(tiny_model, None, tmp_path)[0] == []
+    (floor,) = sections.decode_floor_lines(c1_large_p50_ms=1000.0)
+    assert "1/8 scale" in floor
