@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +168,10 @@ class Service:
             log.exception("unexpected error while loading models")
             return
         self.loaded = True
+        # What is alive now (modules, sessions, the app) lives as long as the process: moved out
+        # of the collector's sight, a full collection walks only what requests left behind.
+        # In the server: -0.18 ms of CPU per request at c=32 (docs/PERFORMANCE.md).
+        gc.freeze()
         log.info("ready", extra={"models": sorted(self.models), "default": self.repository.default})
 
     async def serve_version(self, ref: ModelVersion) -> ServedModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,3 +122,25 @@ def test_invalid_settings_exit_2_naming_the_variable(tmp_path: Path) -> None:
     assert server.process.wait(timeout=30) == 2
     assert "sessions" in server.log()
     assert "greater than or equal to 1" in server.log()
+
+
+def test_what_is_alive_once_loaded_is_frozen_out_of_the_collector(tmp_path: Path) -> None:
+    # In a fresh interpreter: nothing is frozen before the models load, everything after.
+    write_tiny_model(tmp_path)
+    script = (
+        "import asyncio, gc, sys\n"
+        "from service.core import Service\n"
+        "from service.repository import ModelRepository\n"
+        "from service.settings import Settings\n"
+        "settings = Settings(model_repository=sys.argv[1])\n"
+        "service = Service(settings, ModelRepository.scan(settings.model_repository))\n"
+        "before = gc.get_freeze_count()\n"
+        "asyncio.run(service.load())\n"
+        "print(before, gc.get_freeze_count(), service.loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    before, after, loaded = result.stdout.split()
+    assert (int(before), loaded) == (0, "True")
+    assert int(after) > 10_000  # the modules, ONNX Runtime's bindings, the card, the batcher
