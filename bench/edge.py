@@ -84,31 +84,46 @@ def measure(requests: int, repeat: int) -> dict:
 async def _time(
     app: Any, pipeline: ModuleType, body: bytes, requests: int, repeat: int
 ) -> list[float]:
-    from service.waiting import unless_gone
-
     service = app.state.service
     await service.load()
-    served = service.model(None, None)
     answer = await pipeline.segment(
-        service, served, body, pipeline.SegmentOptions(), deadline=time.monotonic() + 60
+        service,
+        service.model(None, None),
+        body,
+        pipeline.SegmentOptions(),
+        deadline=time.monotonic() + 60,
     )
-    loop = asyncio.get_running_loop()
+    pipeline.segment = _answering(answer)  # type: ignore[attr-defined]
+    scope = _segment_scope(len(body))
+    assert await _one_request(app, scope, body) == 200
+    times = []
+    for _ in range(repeat):
+        cpu0 = time.process_time()
+        for _ in range(requests):
+            await _one_request(app, scope, body)
+        times.append((time.process_time() - cpu0) * 1000.0 / requests)
+    await service.close()
+    return times
+
+
+def _answering(answer: object) -> Callable[..., Awaitable[object]]:
+    """A stand-in for ``pipeline.segment``: ``answer``, one event-loop iteration later, waited
+    for as the pipeline waits for its batch (with the client watcher)."""
+    from service.waiting import unless_gone
 
     async def segment(
         *args: object, client_gone: Callable[[], Awaitable[None]] | None = None, **kwargs: object
     ) -> object:
-        # The answer waited for as the pipeline waits for its batch: with the client watcher.
-        queued: asyncio.Future[object] = loop.create_future()
-        loop.call_soon(queued.set_result, answer)
+        queued: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        queued.get_loop().call_soon(queued.set_result, answer)
         return await unless_gone(queued, client_gone)
 
-    pipeline.segment = segment  # type: ignore[attr-defined]
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"content-type", b"image/jpeg"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    scope = {
+    return segment
+
+
+def _segment_scope(body_bytes: int) -> dict[str, Any]:
+    """The ASGI scope uvicorn gives a ``POST /segment?format=png`` of a JPEG."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -120,36 +135,32 @@ async def _time(
         "path": "/segment",
         "raw_path": b"/segment",
         "query_string": b"format=png",
-        "headers": headers,
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"image/jpeg"),
+            (b"content-length", str(body_bytes).encode()),
+        ],
     }
-    never = asyncio.Event()  # the client stays: after the body, receive() waits
 
-    async def one() -> int:
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        statuses = []
 
-        async def receive() -> dict:
-            if messages:
-                return messages.pop()
-            await never.wait()
-            return {"type": "http.disconnect"}
+async def _one_request(app: Any, scope: dict[str, Any], body: bytes) -> int:
+    """``app`` called once with ``body``; its status. The client stays: after the body,
+    ``receive`` waits (as a connected client's does)."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    statuses = []
 
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
 
-        await app(dict(scope, state={}), receive, send)
-        return statuses[0]
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
 
-    assert await one() == 200
-    times = []
-    for _ in range(repeat):
-        cpu0 = time.process_time()
-        for _ in range(requests):
-            await one()
-        times.append((time.process_time() - cpu0) * 1000.0 / requests)
-    await service.close()
-    return times
+    await app(dict(scope, state={}), receive, send)
+    return statuses[0]
 
 
 def _load() -> str:

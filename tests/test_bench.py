@@ -10,6 +10,8 @@ import asyncio
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -239,3 +241,18 @@ def test_pipeline_section_compares_two_trees(tiny_model: Path, tmp_path: Path) -
     assert sections.pipeline_section(tiny_model, None, tmp_path)[0] == []
     (floor,) = sections.decode_floor_lines(c1_large_p50_ms=1000.0)
     assert "1/8 scale" in floor
+
+
+def test_edge_times_the_http_layer_around_a_stand_in_pipeline() -> None:
+    # Its own interpreter (it replaces service.pipeline.segment there); the first request must
+    # answer 200 through the real app before anything is timed.
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-P", str(root / "bench" / "edge.py"), "--measure", "--requests", "20",
+         "--repeat", "2"],
+        cwd=root, env=os.environ | {"PYTHONPATH": str(root)}, capture_output=True, text=True,
+        check=True, timeout=120,
+    )  # fmt: skip
+    result = json.loads(done.stdout)
+    assert len(result["timings_ms"]) == 2
+    assert result["edge_cpu_ms"] == min(result["timings_ms"]) > 0
