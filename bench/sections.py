@@ -9,10 +9,6 @@ Each section returns its verdicts and the lines it adds to targets.md.
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from PIL import Image
 
 from bench import overload, policies
 from bench.images import sample_jpeg
-from bench.server import ROOT
+from bench.server import ROOT, run_offline
 from bench.verdict import Verdict
 
 Section = tuple[list[Verdict], list[str]]
@@ -47,8 +43,9 @@ def pipeline_section(model: Path, base: Path | None, out: Path) -> Section:
     """Offline CPU per image at the best batch, this tree against ``base`` (same model file)."""
     if base is None:
         return [], ["Pipeline CPU target skipped: give --base, a source tree of the code before."]
+    out.mkdir(parents=True, exist_ok=True)
     runs = {
-        name: _offline_in(tree, model, out / f"offline-{name}.json")
+        name: run_offline(model, out / f"offline-{name}.json", [], "--batch-sizes=1,8", root=tree)
         for name, tree in (("base", base), ("now", ROOT))
     }
     before, now = (_best(runs[name])["cpu_ms_per_image"] for name in ("base", "now"))
@@ -76,15 +73,6 @@ def decode_floor_lines(c1_large_p50_ms: float) -> list[str]:
         f"the whole request {c1_large_p50_ms:.1f} ms at c=1 (p50): "
         f"{best / c1_large_p50_ms:.0%} of it."
     ]
-
-
-def _offline_in(tree: Path, model: Path, out: Path) -> dict:
-    """``bench.offline`` run from the source tree ``tree``, on the same model file."""
-    command = [sys.executable, "-m", "bench.offline", "--model", str(model.resolve())]
-    command += ["--json", str(out.resolve()), "--batch-sizes", "1,8"]
-    env = os.environ | {"PYTHONPATH": str(tree.resolve())}
-    subprocess.run(command, check=True, cwd=tree, env=env)
-    return dict(json.loads(out.read_text()))
 
 
 def _best(offline: dict) -> dict:

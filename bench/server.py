@@ -83,20 +83,24 @@ def run_loadtest(base_url: str, pid: int, out: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def run_offline(model: Path, out: Path, settings: list[str], *extra: str) -> dict:
-    """``bench.offline`` on ``model`` with these ``SEGSERVE_X=V`` settings; its JSON result."""
+def run_offline(
+    model: Path, out: Path, settings: list[str], *extra: str, root: Path = ROOT
+) -> dict:
+    """``bench.offline`` on ``model`` with these ``SEGSERVE_X=V`` settings, from the source tree
+    ``root`` (another checkout, for a before/after: ``bench.sections``); its JSON result."""
     command = [
         sys.executable,
         "-m",
         "bench.offline",
         "--model",
-        str(model),
+        str(model.resolve()),
         "--json",
-        str(out),
+        str(out.resolve()),
         *(f"--set={s}" for s in settings),
         *extra,
     ]
-    subprocess.run(command, check=True, cwd=ROOT)
+    env = os.environ | {"PYTHONPATH": str(root.resolve())}
+    subprocess.run(command, check=True, cwd=root, env=env)
     return json.loads(out.read_text())
 
 

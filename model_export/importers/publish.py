@@ -20,11 +20,16 @@ from torch import nn
 from model_export.card import library_versions
 from model_export.export import Graph, Parity, Tolerance, export
 from model_export.importers.weights import Weights
-from service.model_card import ClassInfo, InputSpec, ModelCard, TrainingCard
+from service.model_card import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassInfo,
+    InputSpec,
+    ModelCard,
+    TrainingCard,
+)
 from service.repository import MODEL_FILE
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Parity for imported networks: the labels must agree; the largest logit difference is
 # reported, since deep networks with large logits legitimately differ by more than 1e-4.
 IMPORT_PARITY = Tolerance(max_abs_logit=math.inf, min_argmax_agreement=0.999)

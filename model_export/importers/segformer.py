@@ -20,9 +20,10 @@ from torch import nn
 
 from model_export.checkpoint import sha256
 from model_export.export import Graph
-from model_export.importers.publish import IMAGENET_MEAN, IMAGENET_STD, Built
+from model_export.importers.publish import Built
 from model_export.importers.torchvision_ops import declare_missing_ops
 from model_export.importers.weights import RANDOM_INIT_SEED, DownloadError, Weights
+from service.model_card import IMAGENET_MEAN, IMAGENET_STD
 
 declare_missing_ops()  # before the library's first import (torchvision_ops says why)
 from huggingface_hub.utils import logging as hub_logging  # noqa: E402
