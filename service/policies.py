@@ -138,12 +138,13 @@ def tile_weight(tile: int) -> np.ndarray:
 
 
 class Stitcher:
-    """Blends the scores of overlapping windows into labels, one band of windows at a time.
+    """Blends the scores of overlapping windows into labels as they come.
 
-    Bands must come top to bottom (``add_band(y, scores)``). Rows above the band's top are final
-    (no later window reaches them) and are argmax-ed into ``labels`` then. The running sums cover
-    only ``tile`` rows, kept as a ring (content row r in buffer row r % tile, so finished rows are
-    zeroed in place, never shifted): memory stays at classes x tile x width floats."""
+    Windows must come band by band, top to bottom (``add(y, x, scores)``; a band is the windows
+    of one ``y``). When a band starts, the rows above its top are final (no later window reaches
+    them) and are argmax-ed into ``labels``. The running sums cover only ``tile`` rows, kept as
+    a ring (content row r in buffer row r % tile, so finished rows are zeroed in place, never
+    shifted): memory stays at classes x tile x width floats, and no window is held once added."""
 
     def __init__(self, content: Size, tile: int, classes: int) -> None:
         self.width, self.height = content
@@ -153,17 +154,16 @@ class Stitcher:
         self._sums = np.zeros((classes, tile, self.width), np.float32)
         self._top = 0  # the first content row not yet final
 
-    def add_band(self, y: int, xs: list[int], scores: np.ndarray) -> None:
-        """``scores[i]`` (classes, tile, tile) is the window at (``xs[i]``, ``y``)."""
+    def add(self, y: int, x: int, scores: np.ndarray) -> None:
+        """``scores`` (classes, tile, tile) is the window at (``x``, ``y``)."""
         self._finish(y)
         rows = min(self.tile, self.height - y)
-        for x, window in zip(xs, scores, strict=True):
-            cols = min(self.tile, self.width - x)
-            for buffer_row, offset, count in self._ring(y, rows):
-                self._sums[:, buffer_row : buffer_row + count, x : x + cols] += (
-                    window[:, offset : offset + count, :cols]
-                    * self._weight[offset : offset + count, :cols]
-                )
+        cols = min(self.tile, self.width - x)
+        for buffer_row, offset, count in self._ring(y, rows):
+            self._sums[:, buffer_row : buffer_row + count, x : x + cols] += (
+                scores[:, offset : offset + count, :cols]
+                * self._weight[offset : offset + count, :cols]
+            )
 
     def finish(self) -> np.ndarray:
         self._finish(self.height)

@@ -1,5 +1,5 @@
-"""The tiles policy's run: one request's windows through the model's scores lane, blended into
-labels band by band (``service.policies.Stitcher``). ``service.pipeline`` decodes the image and
+"""The tiles policy's run: one request's windows through the model's scores lane, each blended
+into the labels as its batch comes back (``service.policies.Stitcher``). ``service.pipeline`` decodes the image and
 checks the limits first."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from service.waiting import abandon, enqueue_all, unless_gone
 class TileRun:
     """One tiles request's windows, a batch-sized chunk at a time with two chunks in flight (one
     queued or running while the next is prepared): a request never holds more than two batches'
-    places in the queue, so other requests' images and windows keep getting in. A band (a row of
-    windows) is blended as soon as its last chunk is back."""
+    places in the queue, so other requests' images and windows keep getting in. A chunk's windows
+    are blended as soon as it is back, so no window's scores outlive their chunk."""
 
     def __init__(
         self,
@@ -37,11 +37,10 @@ class TileRun:
         self.service, self.served, self.lane, self.image = service, served, lane, image
         self.tile, self.deadline, self.client_gone = policy.tile, deadline, client_gone
         width, height = image.size
-        self.xs = policies.tile_origins(width, policy.tile, policy.overlap)
+        xs = policies.tile_origins(width, policy.tile, policy.overlap)
         ys = policies.tile_origins(height, policy.tile, policy.overlap)
-        self.positions = [(y, x) for y in ys for x in self.xs]
+        self.positions = [(y, x) for y in ys for x in xs]
         self.stitcher = policies.Stitcher(image.size, policy.tile, served.card.num_classes)
-        self.band: list[np.ndarray] = []
         self.queue_s = self.infer_s = 0.0
 
     async def labels(self) -> np.ndarray:
@@ -70,11 +69,12 @@ class TileRun:
             self.served.queue_wait.observe(item.queued_s)
         self.queue_s += max(item.queued_s for item in done)
         self.infer_s += max(item.run_s for item in done)
-        for (y, x), item in zip(chunk, done, strict=True):
-            self.band.append(item.value)
-            if x == self.xs[-1]:  # the band's last window: blend it in
-                scores, self.band = np.stack(self.band), []
-                await self.service.run_cpu(self.stitcher.add_band, y, self.xs, scores)
+        scores = [item.value for item in done]
+        await self.service.run_cpu(self._blend, chunk, scores)
+
+    def _blend(self, chunk: list[tuple[int, int]], scores: list[np.ndarray]) -> None:
+        for (y, x), window in zip(chunk, scores, strict=True):
+            self.stitcher.add(y, x, window)
 
 
 def windows(

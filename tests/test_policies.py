@@ -280,7 +280,8 @@ def test_stitching_windows_of_a_pointwise_score_map_gives_its_argmax(
     for y in policies.tile_origins(height, tile, 0.25):
         padded = np.zeros((4, max(height, y + tile), max(width, xs[-1] + tile)), np.float32)
         padded[:, :height, :width] = scores
-        stitcher.add_band(y, xs, np.stack([padded[:, y : y + tile, x : x + tile] for x in xs]))
+        for x in xs:
+            stitcher.add(y, x, padded[:, y : y + tile, x : x + tile])
     assert (stitcher.finish() == scores.argmax(axis=0)).all()
 
 
