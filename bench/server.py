@@ -161,14 +161,18 @@ def segserve_env(
     )
 
 
-def single_version_repository(model: Path) -> Path:
-    """A repository (links under bench/results/tmp) that holds ``model`` as its only version:
-    ``<name>/<version>/model.onnx`` as in its own repository, or ``<stem>/1`` for a loose file."""
+def served_as(model: Path) -> tuple[str, str]:
+    """(name, version) ``serve`` serves ``model`` under: ``<name>/<version>/model.onnx`` as in
+    its own repository, or ``<stem>``, 1 for a loose file."""
     version_dir = model.parent
     if version_dir.name.isdigit():
-        name, version = version_dir.parent.name, version_dir.name
-    else:
-        name, version = model.stem, "1"
+        return version_dir.parent.name, version_dir.name
+    return model.stem, "1"
+
+
+def single_version_repository(model: Path) -> Path:
+    """A repository (links under bench/results/tmp) that holds ``model`` as its only version."""
+    name, version = served_as(model)
     root = ROOT / "bench" / "results" / "tmp" / f"repo-{name}-{version}"
     link = root / name / version / "model.onnx"
     link.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,11 @@
    offline run in the servers' own layout (``--server-set``: their settings, and ``--processes``
    as many as SEGSERVE_PROCESSES) at their batch size; its throughput ratio is shown beside it;
 3. p50 latency at concurrency 1 <= 1.25 x the single-image latency of that offline run;
-4. a 4000x3000 JPEG costs <= 2x a 640x480 one end to end (p50 at concurrency 1);
+4. the Open Inference Protocol's infer (a BYTES JPEG in, the png out, binary over REST) at c=32
+   >= 0.90 x the same offline limit: it runs the same pipeline, so that is its in-process limit;
 5. server RSS after 10,000 requests within 10% of RSS after the first 1,000 (fresh server);
-plus open-loop (Poisson) latency at 50, 70 and 90 % of the c=32 throughput, for capacity plans.
+plus open-loop (Poisson) latency at 50, 70 and 90 % of the c=32 throughput, for capacity plans,
+and a 4000x3000 JPEG's p50 at c=1 against the 640x480 one's.
 
 Each load level runs ``bench.loadtest`` in its own process (its CPU use is reported), with the
 raw HTTP/1.1 client by default (httpx costs ~0.9 ms CPU per request, ~10% of 2 cores at c=32:
@@ -34,6 +36,7 @@ from bench.server import (
     run_loadtest,
     run_offline,
     serve,
+    served_as,
     settings_dict,
 )
 from bench.verdict import Verdict
@@ -135,6 +138,7 @@ def _run_levels(args: argparse.Namespace, settings: dict[str, str]) -> dict[str,
             ("c1-large", ["--concurrency", "1", "--image", "large"]),
             ("c32-small", ["--concurrency", "32"]),
             ("c32-small-httpx", ["--concurrency", "32", "--client", "httpx"]),
+            ("c32-oip", ["--concurrency", "32", "--oip-model", served_as(args.model)[0]]),
         ):
             runs[name] = run_loadtest(
                 server.base_url, server.pid, out / f"{name}.json", *duration, *extra
@@ -204,12 +208,12 @@ def judge(m: Measured, batch_size: int) -> list[Verdict]:
     """The targets of docs/PERFORMANCE.md, in its order, each against its bound; ``batch_size``:
     the servers' largest batch (SEGSERVE_MAX_BATCH_SIZE)."""
     limit = m.offline["limit_images_per_s"]
-    c32, c1, c1_large = m.runs["c32-small"], m.runs["c1-small"], m.runs["c1-large"]
+    c32, c1 = m.runs["c32-small"], m.runs["c1-small"]
+    oip = m.runs["c32-oip"]["throughput_rps"]
     same = like_for_like(c32, c1, m.offline_layout, batch_size)
     processes = m.offline_layout.get("processes", 1)
     rss = m.runs["memory"]["server_rss_mb"]
     rss_first, rss_last = rss[str(m.rss_every)], rss[str(m.rss_every * 10)]
-    ratio = c1_large["latency_ms"]["p50"] / c1["latency_ms"]["p50"]
     return [
         Verdict(
             "throughput at c=32 vs offline limit",
@@ -237,11 +241,10 @@ def judge(m: Measured, batch_size: int) -> list[Verdict]:
             same["c1_ratio"] <= 1.25,
         ),
         Verdict(
-            "4000x3000 vs 640x480 JPEG, p50 at c=1",
-            f"{c1_large['latency_ms']['p50']:.2f} / {c1['latency_ms']['p50']:.2f} ms "
-            f"= {ratio:.2f} x",
-            "<= 2 x",
-            ratio <= 2.0,
+            "Open Inference Protocol infer (binary REST) at c=32 vs offline limit",
+            f"{oip:.1f} req/s = {oip / limit:.3f} x {limit:.1f} img/s",
+            ">= 0.90 x",
+            oip >= 0.9 * limit,
         ),
         Verdict(
             f"RSS after {m.rss_every * 10} vs after {m.rss_every} requests",
@@ -263,6 +266,16 @@ def cpu_split(m: Measured) -> dict[str, float]:
     }
 
 
+def _large_line(c1_large: dict, c1: dict) -> str:
+    """The 4000x3000 request against the 640x480 one: a figure, no longer a target (its floor is
+    the JPEG's entropy decoding: ``bench.sections.decode_floor_lines``, with ``--all``)."""
+    large, small = c1_large["latency_ms"]["p50"], c1["latency_ms"]["p50"]
+    return (
+        f"A 4000x3000 JPEG at c=1: p50 {large:.2f} ms = {large / small:.1f} x the 640x480 one "
+        f"({small:.2f} ms)."
+    )
+
+
 def _best_batch(m: Measured) -> dict:
     return max(m.offline["batches"], key=lambda b: b["images_per_s"])
 
@@ -280,6 +293,8 @@ def render(m: Measured, verdicts: list[Verdict], cpu: dict[str, float]) -> list[
         f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
         f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
         f"{m.runs['c32-small-httpx']['throughput_rps']:.1f} req/s).",
+        "",
+        _large_line(m.runs["c1-large"], m.runs["c1-small"]),
         "",
         "| open loop (Poisson) | req/s offered | served | p50 ms | p99 ms |",
         "|---|---|---|---|---|",
