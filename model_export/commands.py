@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from model_export.annotate import annotated_card, fixed_size, graph_signature, learn, signature
+from model_export.architectures import ARCHITECTURES
 from model_export.card import (
     card_from_checkpoint,
     card_of_file,
@@ -19,7 +20,7 @@ from model_export.checkpoint import Checkpoint, TrainConfig, sha256
 from model_export.datasets import SYNTHETIC, open_dataset
 from model_export.evaluate import evaluate as score
 from model_export.evaluate import onnx_predictor, onnx_session, torch_predictor
-from model_export.export import PARITY, Tolerance
+from model_export.export import PARITY, Graph, Tolerance
 from model_export.export import export as export_model
 from model_export.importers.presets import class_set
 from model_export.importers.publish import IMPORT_PARITY, Built, Release, publish
@@ -105,6 +106,7 @@ def export(args: argparse.Namespace) -> int:
         labels=args.labels,
         dynamic_size=not args.static_size,
         tolerance=_tolerance(args),
+        graph=Graph(full_size=ARCHITECTURES[config.architecture].output_stride == 1),
     )
     print(
         f"wrote {out}: max |Δlogit| {parity.max_abs_logit:.2e}, "

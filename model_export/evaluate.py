@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from model_export.architectures.layers import at_input_size
 from model_export.datasets import SegmentationDataset
 from model_export.metrics import ConfusionMatrix, Scores
 from service.imaging import prepare
@@ -27,7 +28,7 @@ from service.model_card import InputSpec, ModelCard
 from service.runtime import Runner
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) -> (N, H, W) uint8
-STRIDE = 32  # every architecture's total stride (architectures.OUTPUT_STRIDE)
+STRIDE = 32  # every architecture's total stride (architectures.TOTAL_STRIDE)
 
 
 def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") -> Predict:
@@ -36,7 +37,8 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
     @torch.inference_mode()
     def predict(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(device, torch.float32)
-        return model(x).argmax(1).to(torch.uint8).cpu().numpy()
+        logits = at_input_size(model(x), x.shape[-2:])
+        return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
     return predict
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model_export.architectures import build_model
+from model_export.architectures.layers import at_input_size
 from model_export.checkpoint import Checkpoint, TrainConfig
 from model_export.data import InMemory, TrainingSamples
 from model_export.datasets import IGNORE_INDEX, SYNTHETIC, SegmentationDataset, open_dataset
@@ -175,7 +176,7 @@ class _Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            loss = self.loss_fn(self.model(x), y)
+            loss = self.loss_fn(at_input_size(self.model(x), y.shape[-2:]), y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -1,4 +1,5 @@
-"""Every architecture is fully convolutional: logits at the input's size, for any size/batch."""
+"""Every architecture is fully convolutional: logits at the input's size (or, with an output
+stride s, at ⌈H/s⌉ x ⌈W/s⌉), for any size and batch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from model_export.architectures import ARCHITECTURES, build_model
-from model_export.architectures.layers import Upsample, bilinear_kernel
+from model_export.architectures.layers import Upsample, at_input_size, bilinear_kernel
 from model_export.metrics import ConfusionMatrix
 
 SIZES = [(1, 32, 32), (2, 45, 70), (3, 64, 33)]  # batch, height, width: not all stride multiples
@@ -17,11 +18,27 @@ SIZES = [(1, 32, 32), (2, 45, 70), (3, 64, 33)]  # batch, height, width: not all
 def test_logits_match_the_input_size_for_any_size_and_batch(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, num_classes=4, width=4).eval()
+    s = ARCHITECTURES[name].output_stride
     with torch.inference_mode():
         for batch, height, width in SIZES:
             logits = model(torch.randn(batch, 3, height, width))
-            assert logits.shape == (batch, 4, height, width)
+            assert logits.shape == (batch, 4, -(-height // s), -(-width // s))
             assert torch.isfinite(logits).all()
+
+
+def test_a_stride_4_output_is_the_padded_input_s_scores_cropped_to_its_share() -> None:
+    torch.manual_seed(0)
+    model = build_model("lite-fcn", num_classes=3, width=8).eval()
+    x = torch.randn(1, 3, 45, 70)
+    padded = torch.zeros(1, 3, 64, 96)  # the next multiples of 32, zeros (the mean colour)
+    padded[..., :45, :70] = x
+    with torch.inference_mode():
+        whole, cropped = model(padded), model(x)
+    assert cropped.shape == (1, 3, 12, 18)
+    assert torch.equal(cropped, whole[..., :12, :18])
+    full = at_input_size(cropped, (48, 72))
+    assert full.shape == (1, 3, 48, 72)
+    assert at_input_size(full, (48, 72)) is full
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -32,7 +49,7 @@ def test_each_architecture_trains(name: str) -> None:
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     losses = []
     for _ in range(5):
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(at_input_size(model(x), (32, 32)), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -14,7 +14,8 @@ from torch import nn
 from model_export.annotate import graph_signature
 from model_export.architectures import ARCHITECTURES, build_model
 from model_export.card import card_of_file
-from model_export.export import PARITY, ParityError, Tolerance, export
+from model_export.evaluate import onnx_predictor, onnx_session, torch_predictor
+from model_export.export import PARITY, Graph, ParityError, Tolerance, export
 from service.model_card import InputSpec, ModelCard, TrainingCard
 
 LABELS = ["background", "a", "b"]
@@ -62,7 +63,9 @@ def _tolerance(name: str) -> Tolerance:
 def test_export_matches_pytorch_and_carries_the_card(name: str, tmp_path: Path) -> None:
     model, card, path = _model(name), _card(name), tmp_path / "model.onnx"
     tolerance = _tolerance(name)
-    parity = export(model, card, path, tolerance=tolerance, parity_seed=0)
+    s = ARCHITECTURES[name].output_stride
+    graph = Graph(full_size=s == 1)
+    parity = export(model, card, path, tolerance=tolerance, parity_seed=0, graph=graph)
     assert parity.max_abs_logit <= tolerance.max_abs_logit
     assert parity.argmax_agreement >= 0.999
     assert card_of_file(path) == card
@@ -73,9 +76,14 @@ def test_export_matches_pytorch_and_carries_the_card(name: str, tmp_path: Path) 
     got = _run(path, x)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
-    assert got.shape == (2, 3, 40, 72)
+    assert got.shape == (2, 3, 40 // s, 72 // s)
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance.max_abs_logit)
     assert expected.std() > 1e-3, "a constant model would make this test vacuous"
+    # Served as the service runs it (scaled to the input's size when smaller): PyTorch's labels.
+    served = onnx_predictor(onnx_session(path))(x)
+    reference = torch_predictor(model)(x)
+    assert served.shape == reference.shape == (2, 40, 72)
+    assert (served == reference).mean() >= 0.999
 
 
 def test_argmax_folding_outputs_uint8_labels(tmp_path: Path) -> None:

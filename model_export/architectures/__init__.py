@@ -1,5 +1,6 @@
-"""Architectures by name. Every model maps (N, 3, H, W) normalised RGB to (N, C, H, W) logits for
-any H and W: inputs are padded to the total stride (32) and the logits cropped back."""
+"""Architectures by name. Every model maps (N, 3, H, W) normalised RGB to (N, C, h, w) logits for
+any H and W: inputs are padded to the total stride (32) and the logits cropped back, to the
+input's size or, for an architecture whose output stride is s > 1, to (⌈H/s⌉, ⌈W/s⌉)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from torch import nn
 from model_export.architectures.deconvnet import DeconvNet
 from model_export.architectures.fcn import resnet_fcn, vgg_fcn
 from model_export.architectures.layers import PadToMultiple
+from model_export.architectures.lite import LiteFCN
 from model_export.architectures.mobile import MobileFCN
 
-OUTPUT_STRIDE = 32
+TOTAL_STRIDE = 32  # the deepest features' stride: inputs are padded to a multiple of it
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Architecture:
     build: Callable[[int, int], nn.Module]  # (num_classes, width) -> module
     default_width: int
     backbone: str
+    output_stride: int = 1  # input size / logits size
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -32,6 +35,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "fcn8s-resnet": Architecture(lambda c, w: resnet_fcn(c, 8, w), 32, "resnet18-small"),
     "deconvnet": Architecture(DeconvNet, 64, "vgg16"),
     "mobile-fcn": Architecture(MobileFCN, 16, "mobilenet-separable"),
+    "lite-fcn": Architecture(LiteFCN, 32, "mobilenet-separable", LiteFCN.output_stride),
 }
 
 
@@ -45,4 +49,5 @@ def build_model(name: str, num_classes: int, width: int | None = None) -> nn.Mod
         ) from None
     if num_classes < 2:
         raise ValueError("num_classes must be at least 2")
-    return PadToMultiple(arch.build(num_classes, width or arch.default_width), OUTPUT_STRIDE)
+    net = arch.build(num_classes, width or arch.default_width)
+    return PadToMultiple(net, TOTAL_STRIDE, arch.output_stride)

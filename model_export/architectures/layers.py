@@ -41,16 +41,27 @@ class Upsample(nn.ConvTranspose2d):
 
 class PadToMultiple(nn.Module):
     """Wraps a network whose strides need H and W divisible by ``multiple``: zero-pads the input
-    (zero is the mean colour after normalisation) on the bottom/right, crops the output back."""
+    (zero is the mean colour after normalisation) on the bottom/right, crops the output back to
+    the input's share of it: (H, W) for a full-size output, (⌈H/s⌉, ⌈W/s⌉) for one of stride s."""
 
-    def __init__(self, net: nn.Module, multiple: int) -> None:
+    def __init__(self, net: nn.Module, multiple: int, output_stride: int = 1) -> None:
         super().__init__()
         self.net = net
         self.multiple = multiple
+        self.output_stride = output_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad_h = (self.multiple - h % self.multiple) % self.multiple
         pad_w = (self.multiple - w % self.multiple) % self.multiple
         y = self.net(F.pad(x, (0, pad_w, 0, pad_h)))
-        return y[..., :h, :w]
+        s = self.output_stride
+        return y[..., : -(-h // s), : -(-w // s)]
+
+
+def at_input_size(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Logits of a smaller output scaled bilinearly (half-pixel centres) to ``size`` (H, W), as
+    the service scales them; full-size logits as they are."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
