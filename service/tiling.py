@@ -1,6 +1,6 @@
 """The tiles policy's run: one request's windows through the model's scores lane, each blended
-into the labels as its batch comes back (``service.policies.Stitcher``). ``service.pipeline`` decodes the image and
-checks the limits first."""
+into the labels as its batch comes back (``service.policies.Stitcher``). ``service.pipeline``
+decodes the image and checks the limits first."""
 
 from __future__ import annotations
 
