@@ -105,9 +105,15 @@ def input_shape(policy: Policy, spec: InputSpec, content: Size) -> tuple[int, in
         return spec.height, spec.width
     if policy.resize == "tiles":
         return policy.tile, policy.tile
-    step = policy.stride * math.ceil(_BUCKET_STEP / policy.stride)
+    step = bucket_step(policy.stride)
     width, height = content
     return _round_up(height, step), _round_up(width, step)
+
+
+def bucket_step(stride: int) -> int:
+    """``native`` inputs are padded to multiples of this: 64 px, or the next multiple of the
+    model's stride."""
+    return stride * math.ceil(_BUCKET_STEP / stride)
 
 
 def tile_count(policy: Policy, content: Size) -> int:

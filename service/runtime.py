@@ -1,19 +1,11 @@
-"""ONNX Runtime: which execution provider, how sessions are configured, and the session pool.
-
-Provider choice (``SEGSERVE_PROVIDER``):
-- ``cpu``: the CPU provider.
-- ``cuda`` / ``tensorrt``: that provider or a ``ModelLoadError`` (never a silent CPU fallback:
-  someone who asked for a GPU wants to know they did not get one).
-- ``auto``: CUDA only when this ONNX Runtime build lists it *and* a session really comes up with it
-  first; otherwise CPU. On a CPU build CUDA is never tried, so nothing is logged as an error.
-"""
+"""ONNX Runtime: how sessions are opened (on the providers ``service.providers`` plans) and
+configured, the runner that turns a batch into labels or scores, and the session pool."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,56 +15,21 @@ from service import resampling
 from service.errors import ModelLoadError
 from service.masks import resize_labels
 from service.model_card import ModelCard
+from service.providers import (
+    CPU,
+    DISPLAY_NAMES,
+    GpuTarget,
+    engine_profile,
+    plan_providers,
+)
 from service.repository import ModelVersion
-from service.settings import Provider, Settings
+from service.settings import Settings
 from service.signature import Signature, Tensor, check_tensors
 from service.threads import WorkerThreads
 
 log = logging.getLogger("segserve.runtime")
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-DISPLAY_NAMES = {CPU: "CPU", CUDA: "CUDA", TENSORRT: "TensorRT"}
-
-ProviderSpec = str | tuple[str, dict[str, str]]
 _ORT_TO_NUMPY = {"float": "float32", "double": "float64"}  # the rest share a name
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One way to create a session: the providers to pass, and which one must end up first."""
-
-    providers: tuple[ProviderSpec, ...]
-    expect: str
-    required: bool  # False: on failure, quietly try the next attempt
-
-
-def plan_providers(
-    requested: Provider, available: list[str], *, trt_cache_dir: Path, trt_fp16: bool
-) -> list[Attempt]:
-    """The session attempts for ``requested`` given ``ort.get_available_providers()``."""
-    if requested == "cpu":
-        return [Attempt((CPU,), CPU, required=True)]
-    if requested in ("cuda", "tensorrt"):
-        wanted = CUDA if requested == "cuda" else TENSORRT
-        if wanted not in available:
-            raise ModelLoadError(
-                f"SEGSERVE_PROVIDER={requested} but this ONNX Runtime build has no {wanted} "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu "
-                "(`make serve ORT=gpu`) or set SEGSERVE_PROVIDER=auto"
-            )
-        if requested == "cuda":
-            return [Attempt((CUDA, CPU), CUDA, required=True)]
-        trt_options = {
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(trt_cache_dir),
-            "trt_fp16_enable": str(trt_fp16),
-        }
-        # Nodes TensorRT cannot take run on CUDA, then CPU.
-        return [Attempt(((TENSORRT, trt_options), CUDA, CPU), TENSORRT, required=True)]
-    attempts = [Attempt((CUDA, CPU), CUDA, required=False)] if CUDA in available else []
-    return [*attempts, Attempt((CPU,), CPU, required=True)]
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -90,17 +47,22 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 
 
 def open_session(
-    path: Path, settings: Settings, *, available: list[str] | None = None
+    path: Path,
+    settings: Settings,
+    *,
+    available: list[str] | None = None,
+    gpu: GpuTarget | None = None,
 ) -> ort.InferenceSession:
-    """Create a session on the provider ``settings.provider`` resolves to (see module doc)."""
+    """Create a session on the provider ``settings.provider`` resolves to
+    (``service.providers``); ``gpu``: the model version's TensorRT cache and profile."""
     ort.set_default_logger_severity(3)  # ORT's own (non-JSON) stderr lines: errors only
     if settings.provider == "tensorrt":
-        settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        (gpu.cache_dir if gpu else settings.trt_cache_dir).mkdir(parents=True, exist_ok=True)
     attempts = plan_providers(
         settings.provider,
         ort.get_available_providers() if available is None else available,
-        trt_cache_dir=settings.trt_cache_dir,
-        trt_fp16=settings.trt_fp16,
+        settings,
+        gpu,
     )
     for attempt in attempts:
         wanted = DISPLAY_NAMES[attempt.expect]
@@ -145,6 +107,13 @@ def _numpy_dtype(ort_type: str) -> str:
     return _ORT_TO_NUMPY.get(name, name)
 
 
+def takes_any_size(graph_input: ort.NodeArg, card: ModelCard) -> bool:
+    """A fully convolutional graph exported with symbolic height and width takes any size."""
+    shape = graph_input.shape
+    height, width = shape[1:3] if card.input.layout == "NHWC" else shape[2:]
+    return not isinstance(height, int) and not isinstance(width, int)
+
+
 class Runner:
     """One session; ``run`` turns an input batch (N, 3, H, W) into uint8 labels (N, H, W), or into
     float scores (N, classes, H, W) for blending overlapping tiles: at the input's size whatever
@@ -161,9 +130,7 @@ class Runner:
         self._logits = card.output.kind == "logits"
         self._classes = card.num_classes
         self._nhwc = card.input.layout == "NHWC"
-        height, width = graph_input.shape[1:3] if self._nhwc else graph_input.shape[2:]
-        # A fully convolutional graph exported with symbolic height and width takes any size.
-        self.any_size = not isinstance(height, int) and not isinstance(width, int)
+        self.any_size = takes_any_size(graph_input, card)
         self.input_size = (card.input.height, card.input.width)
         # On a GPU, bind input and output: one host->device copy per batch, output lands on CPU.
         if io_binding is None:
@@ -282,9 +249,33 @@ def load_model(model: ModelVersion, settings: Settings) -> tuple[ModelCard, Sess
     Raises ModelLoadError for a corrupt file, a missing or invalid card, tensors that do not
     match the card, or a provider that cannot be had.
     """
+    if settings.provider == "tensorrt":
+        return _load_for_tensorrt(model, settings)
     first = open_session(model.path, settings)
     card = ModelCard.from_metadata(first.get_modelmeta().custom_metadata_map, model.path)
     sessions = [first] + [open_session(model.path, settings) for _ in range(settings.sessions - 1)]
+    return card, _pool(sessions, card, model)
+
+
+def _load_for_tensorrt(model: ModelVersion, settings: Settings) -> tuple[ModelCard, SessionPool]:
+    """TensorRT's profile comes from the card and the graph's input, so a CPU session reads
+    them first (it builds no engine), then the TensorRT sessions open with it."""
+    reader = open_session(model.path, settings.model_copy(update={"provider": "cpu"}))
+    card = ModelCard.from_metadata(reader.get_modelmeta().custom_metadata_map, model.path)
+    check_session(reader, card, model.path)
+    graph_input = reader.get_inputs()[0]
+    any_size = takes_any_size(graph_input, card)
+    profile = engine_profile(
+        graph_input.name, card.input, any_size=any_size, max_batch=settings.max_batch_size
+    )
+    gpu = GpuTarget(settings.trt_cache_dir / model.name / str(model.version), profile)
+    sessions = [open_session(model.path, settings, gpu=gpu) for _ in range(settings.sessions)]
+    return card, _pool(sessions, card, model)
+
+
+def _pool(
+    sessions: list[ort.InferenceSession], card: ModelCard, model: ModelVersion
+) -> SessionPool:
     for session in sessions:
         check_session(session, card, model.path)
-    return card, SessionPool([Runner(s, card) for s in sessions], model.key)
+    return SessionPool([Runner(s, card) for s in sessions], model.key)

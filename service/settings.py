@@ -32,8 +32,12 @@ class Settings(BaseSettings):
     # Busy-waiting intra-op threads burn the cores decode/encode need (docs/PERFORMANCE.md);
     # turn on only where inference has cores of its own.
     intra_op_spinning: bool = False
-    trt_cache_dir: Path = Path(".trt-cache")  # TensorRT engine cache (built once per model/GPU)
+    # TensorRT engines, one folder per model version (built once per model version and GPU)
+    trt_cache_dir: Path = Path(".trt-cache")
     trt_fp16: bool = False
+    # cuDNN's choice of convolution algorithm on CUDA: EXHAUSTIVE times every one for each new
+    # input shape (ORT's default; seconds per shape, and native inputs come in many shapes).
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
 
     # Dynamic batching and admission
     max_batch_size: int = Field(8, ge=1)

@@ -18,17 +18,22 @@ from service.errors import ModelLoadError
 from service.model_card import METADATA_KEY, ClassInfo, InputSpec, ModelCard, OutputSpec
 from service.repository import ModelVersion
 from service.resampling import scale_scores
-from service.runtime import (
+from service.providers import (
     CPU,
     CUDA,
     TENSORRT,
     Attempt,
+    EngineProfile,
+    GpuTarget,
+    engine_profile,
+    plan_providers,
+)
+from service.runtime import (
     Runner,
     check_session,
     class_argmax,
     load_model,
     open_session,
-    plan_providers,
     session_options,
 )
 from service.settings import Provider, Settings
@@ -44,8 +49,14 @@ from tests.support import (
 GPU_BUILD = [TENSORRT, CUDA, CPU]
 
 
-def plan(requested: Provider, available: list[str]) -> list[Attempt]:
-    return plan_providers(requested, available, trt_cache_dir=Path("/cache"), trt_fp16=True)
+GPU_SETTINGS = Settings(trt_cache_dir=Path("/cache"), trt_fp16=True)
+HEURISTIC = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def plan(
+    requested: Provider, available: list[str], gpu: GpuTarget | None = None
+) -> list[Attempt]:
+    return plan_providers(requested, available, GPU_SETTINGS, gpu)
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -62,24 +73,67 @@ def test_auto_on_a_cpu_build_never_tries_cuda() -> None:
 
 def test_auto_on_a_gpu_build_tries_cuda_then_falls_back_to_cpu() -> None:
     first, second = plan("auto", GPU_BUILD)
-    assert (first.providers, first.expect, first.required) == ((CUDA, CPU), CUDA, False)
+    assert (first.providers, first.expect, first.required) == (
+        ((CUDA, HEURISTIC), CPU),
+        CUDA,
+        False,
+    )
     assert (second.providers, second.required) == ((CPU,), True)
 
 
 def test_explicit_gpu_providers_are_required() -> None:
     (cuda,) = plan("cuda", GPU_BUILD)
-    assert (cuda.providers, cuda.expect, cuda.required) == ((CUDA, CPU), CUDA, True)
-    (trt,) = plan("tensorrt", GPU_BUILD)
+    assert (cuda.providers, cuda.expect, cuda.required) == (((CUDA, HEURISTIC), CPU), CUDA, True)
+    profile = EngineProfile("input", (1, 3, 64, 64), (8, 3, 512, 512), (8, 3, 640, 640))
+    (trt,) = plan("tensorrt", GPU_BUILD, GpuTarget(Path("/cache/m/3"), profile))
     assert trt.expect == TENSORRT
     assert trt.required
     (name, options), *fallbacks = trt.providers
     assert name == TENSORRT
-    assert fallbacks == [CUDA, CPU]
+    assert fallbacks == [(CUDA, HEURISTIC), CPU]
     assert options == {
         "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": "/cache",
+        "trt_engine_cache_path": "/cache/m/3",  # engines per model version
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": "/cache",  # kernel timings shared by all
         "trt_fp16_enable": "True",
+        "trt_profile_min_shapes": "input:1x3x64x64",
+        "trt_profile_opt_shapes": "input:8x3x512x512",
+        "trt_profile_max_shapes": "input:8x3x640x640",
     }
+
+
+def test_the_cudnn_algorithm_search_is_a_setting() -> None:
+    settings = Settings(cudnn_conv_algo_search="EXHAUSTIVE")
+    (cuda,) = plan_providers("cuda", GPU_BUILD, settings)
+    assert cuda.providers[0] == (CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"})
+
+
+def test_an_any_size_model_s_engine_covers_every_shape_its_default_policies_make() -> None:
+    spec = InputSpec(height=512, width=512, resize="native", max_side=600)
+    profile = engine_profile("x", spec, any_size=True, max_batch=8)
+    # native buckets from 64 px up to 600 rounded up to a bucket (640); 512-px tiles; batch 1..8
+    assert (profile.min, profile.opt, profile.max) == (
+        (1, 3, 64, 64),
+        (8, 3, 512, 512),
+        (8, 3, 640, 640),
+    )
+    tiles = InputSpec(height=256, width=256, resize="tiles", tile=1024, stride=16)
+    assert engine_profile("x", tiles, any_size=True, max_batch=4).max == (4, 3, 1024, 1024)
+    nhwc = InputSpec(height=96, width=128, layout="NHWC", stride=48, max_side=100)
+    profile = engine_profile("pixels", nhwc, any_size=True, max_batch=2)
+    assert (profile.min, profile.max) == ((1, 96, 96, 3), (2, 192, 192, 3))  # buckets of 96
+    assert profile.options()["trt_profile_max_shapes"] == "pixels:2x192x192x3"
+
+
+def test_a_fixed_size_model_s_engine_varies_only_the_batch() -> None:
+    spec = InputSpec(height=128, width=160)
+    profile = engine_profile("input", spec, any_size=False, max_batch=16)
+    assert (profile.min, profile.opt, profile.max) == (
+        (1, 3, 128, 160),
+        (16, 3, 128, 160),
+        (16, 3, 128, 160),
+    )
 
 
 @pytest.mark.parametrize("requested", ["cuda", "tensorrt"])
@@ -115,6 +169,15 @@ def test_auto_falls_back_when_a_listed_cuda_does_not_come_up(model_path: Path) -
 def test_explicit_cuda_that_does_not_come_up_is_an_error(model_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"asked for CUDA .* gave CPU"):
         open_session(model_path, Settings(provider="cuda"), available=[CUDA, CPU])
+
+
+def test_loading_for_tensorrt_on_this_cpu_build_is_a_clear_error(
+    model_path: Path, tmp_path: Path
+) -> None:
+    model = ModelVersion("tiny", 1, model_path)
+    settings = Settings(provider="tensorrt", trt_cache_dir=tmp_path)
+    with pytest.raises(ModelLoadError, match="no TensorrtExecutionProvider.*onnxruntime-gpu"):
+        load_model(model, settings)
 
 
 def test_explicit_cuda_on_this_cpu_build_is_an_error(model_path: Path) -> None:
