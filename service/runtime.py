@@ -254,7 +254,7 @@ def load_model(model: ModelVersion, settings: Settings) -> tuple[ModelCard, Sess
     first = open_session(model.path, settings)
     card = ModelCard.from_metadata(first.get_modelmeta().custom_metadata_map, model.path)
     sessions = [first] + [open_session(model.path, settings) for _ in range(settings.sessions - 1)]
-    return card, _pool(sessions, card, model)
+    return card, _pool(sessions, card, model, settings)
 
 
 def _load_for_tensorrt(model: ModelVersion, settings: Settings) -> tuple[ModelCard, SessionPool]:
@@ -270,12 +270,13 @@ def _load_for_tensorrt(model: ModelVersion, settings: Settings) -> tuple[ModelCa
     )
     gpu = GpuTarget(settings.trt_cache_dir / model.name / str(model.version), profile)
     sessions = [open_session(model.path, settings, gpu=gpu) for _ in range(settings.sessions)]
-    return card, _pool(sessions, card, model)
+    return card, _pool(sessions, card, model, settings)
 
 
 def _pool(
-    sessions: list[ort.InferenceSession], card: ModelCard, model: ModelVersion
+    sessions: list[ort.InferenceSession], card: ModelCard, model: ModelVersion, settings: Settings
 ) -> SessionPool:
     for session in sessions:
         check_session(session, card, model.path)
-    return SessionPool([Runner(s, card) for s in sessions], model.key)
+    runners = [Runner(s, card, io_binding=settings.io_binding) for s in sessions]
+    return SessionPool(runners, model.key)

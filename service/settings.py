@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # cuDNN's choice of convolution algorithm on CUDA: EXHAUSTIVE times every one for each new
     # input shape (ORT's default; seconds per shape, and native inputs come in many shapes).
     cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
+    # Bind inputs and outputs to the session (one host->device copy per batch); None: on for
+    # the GPU providers, off on the CPU (where it only adds a call).
+    io_binding: bool | None = None
 
     # Dynamic batching and admission
     max_batch_size: int = Field(8, ge=1)

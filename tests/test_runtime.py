@@ -232,6 +232,14 @@ def test_io_binding_gives_the_same_labels_as_plain_run(model_path: Path) -> None
     np.testing.assert_array_equal(bound.run(batch[:1]), plain.run(batch[:1]))
 
 
+@pytest.mark.parametrize("io_binding", [True, False, None])
+def test_the_io_binding_setting_reaches_every_runner(model_path: Path, io_binding: bool) -> None:
+    settings = Settings(provider="cpu", sessions=2, io_binding=io_binding)
+    _, pool = load_model(ModelVersion("tiny", 1, model_path), settings)
+    bound = [runner._binding is not None for runner in pool._idle]
+    assert bound == [bool(io_binding)] * 2  # unset: off on the CPU
+
+
 def test_pool_has_the_configured_sessions_and_runs_them_concurrently(model_path: Path) -> None:
     _, pool = load_model(ModelVersion("tiny", 1, model_path), Settings(provider="cpu", sessions=3))
     assert (pool.size, pool.provider) == (3, "CPU")
