@@ -79,7 +79,7 @@ class Service:
         self.settings = settings
         self.repository = repository
         self.models: dict[str, ServedModel] = {}
-        self.workers = WorkerThreads(settings.worker_threads, "cpu")
+        self.workers = WorkerThreads(settings.worker_threads, "cpu", settings.worker_nice)
         self.admission = Admission(settings.max_queue_wait_s)
         self.all_listening = all_listening
         self.loaded = False

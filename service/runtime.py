@@ -25,7 +25,7 @@ from service.providers import (
 from service.repository import ModelVersion
 from service.settings import Settings
 from service.signature import Signature, Tensor, check_tensors
-from service.threads import WorkerThreads
+from service.threads import WorkerThreads, lower_this_thread
 
 log = logging.getLogger("segserve.runtime")
 
@@ -215,11 +215,11 @@ def class_argmax(logits: np.ndarray) -> np.ndarray:
 class SessionPool:
     """``size`` sessions of one model, each with its own thread; ``run`` takes an idle one."""
 
-    def __init__(self, runners: list[Runner], name: str) -> None:
+    def __init__(self, runners: list[Runner], name: str, nice: int = 0) -> None:
         self.name = name
         self._idle = deque(runners)
         self._free = asyncio.Semaphore(len(runners))
-        self._threads = WorkerThreads(len(runners), f"ort-{name}")
+        self._threads = WorkerThreads(len(runners), f"ort-{name}", nice)
         self.size = len(runners)
         self.provider = DISPLAY_NAMES.get(runners[0].provider, runners[0].provider)
         self.any_size = runners[0].any_size
@@ -249,6 +249,8 @@ def load_model(model: ModelVersion, settings: Settings) -> tuple[ModelCard, Sess
     Raises ModelLoadError for a corrupt file, a missing or invalid card, tensors that do not
     match the card, or a provider that cannot be had.
     """
+    # ONNX Runtime's intra-op threads start with the session, at this thread's priority.
+    lower_this_thread(settings.worker_nice)
     if settings.provider == "tensorrt":
         return _load_for_tensorrt(model, settings)
     first = open_session(model.path, settings)
@@ -279,4 +281,4 @@ def _pool(
     for session in sessions:
         check_session(session, card, model.path)
     runners = [Runner(s, card, io_binding=settings.io_binding) for s in sessions]
-    return SessionPool(runners, model.key)
+    return SessionPool(runners, model.key, settings.worker_nice)

@@ -1,4 +1,7 @@
-"""Threads that run blocking calls (decode, encode, inference) for the event loop.
+"""Threads that run blocking calls (decode, encode, inference) for the event loop, at a lower
+CPU priority than it when asked (``nice``): on a saturated CPU the event loop, which admits,
+refuses and answers requests, then runs as soon as it has work instead of waiting its turn
+behind the data plane.
 
 ``await threads.run(fn, *args)`` costs one queue put to hand the work over and one
 ``call_soon_threadsafe`` to hand the answer back. ``loop.run_in_executor`` on a
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -30,12 +34,13 @@ _Job = tuple[
 
 
 class WorkerThreads:
-    """``count`` daemon threads taking calls from one queue, first come first served."""
+    """``count`` daemon threads taking calls from one queue, first come first served, each at
+    niceness ``nice`` (0: the process's own)."""
 
-    def __init__(self, count: int, name: str) -> None:
+    def __init__(self, count: int, name: str, nice: int = 0) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+            threading.Thread(target=self._work, args=(nice,), name=f"{name}_{i}", daemon=True)
             for i in range(count)
         ]
         for thread in self._threads:
@@ -56,7 +61,8 @@ class WorkerThreads:
         for thread in self._threads:
             thread.join()
 
-    def _work(self) -> None:
+    def _work(self, nice: int) -> None:
+        lower_this_thread(nice)
         while (job := self._jobs.get()) is not None:
             loop, answer, context, fn, args, kwargs = job
             try:
@@ -65,6 +71,15 @@ class WorkerThreads:
                 loop.call_soon_threadsafe(_settle, answer, None, exc)
             else:
                 loop.call_soon_threadsafe(_settle, answer, result, None)
+
+
+def lower_this_thread(nice: int) -> None:
+    """Set the calling thread's nice value ``nice`` above the main thread's (Linux keeps one per
+    thread, and threads it starts inherit it: ONNX Runtime's own, when a session is created on a
+    lowered thread). Lowering needs no privilege; elsewhere, or for 0, nothing happens."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's (tid = pid)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(base + nice, 19))
 
 
 def _settle(answer: asyncio.Future[Any], result: object, error: BaseException | None) -> None:

@@ -1,0 +1,66 @@
+"""The data plane's threads (decode/encode workers, the session pool, ONNX Runtime's own) run at
+``SEGSERVE_WORKER_NICE`` above the event loop's thread, so a saturated CPU serves the loop first."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from service.repository import ModelVersion
+from service.runtime import load_model
+from service.settings import Settings
+from service.threads import WorkerThreads
+from tests.support import write_tiny_model
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice")
+
+
+def _nice(tid: int | None = None) -> int:
+    return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
+
+
+def _tasks() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def test_worker_threads_run_at_their_nice_above_the_main_thread() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+
+    async def both() -> list[int]:
+        lowered, plain = WorkerThreads(2, "low", nice=3), WorkerThreads(1, "plain")
+        try:
+            return [await lowered.run(_nice), await lowered.run(_nice), await plain.run(_nice)]
+        finally:
+            lowered.shutdown()
+            plain.shutdown()
+
+    assert asyncio.run(both()) == [min(base + 3, 19)] * 2 + [base]
+    assert _nice(os.getpid()) == base  # the caller's thread is left as it was
+
+
+def test_a_loaded_model_s_threads_onnx_runtime_s_included_are_lowered(tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path, "tiny", 1, size=8)
+    settings = Settings(provider="cpu", intra_op_threads=2, sessions=2, worker_nice=4)
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    before = _tasks()
+    loaded: list = []
+    loader = threading.Thread(
+        target=lambda: loaded.append(load_model(ModelVersion("tiny", 1, path), settings))
+    )
+    loader.start()
+    loader.join()
+    _, pool = loaded[0]
+    try:
+        started = _tasks() - before
+        # two pool threads, and ONNX Runtime's intra-op thread of each session (2 threads: the
+        # caller's and one of its own)
+        assert len(started) >= 4
+        assert {_nice(tid) for tid in started} == {min(base + 4, 19)}
+        assert _nice(os.getpid()) == base
+    finally:
+        pool.close()
