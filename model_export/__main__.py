@@ -109,6 +109,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     )
     _field(p, "--lr", type=float, help="peak learning rate (%(default)s)")
     _field(p, "--weight-decay", type=float, help="(%(default)s)")
+    _field(
+        p,
+        "--small-object-weight",
+        type=float,
+        help="weigh the pixels of small objects (and thin parts) up to this many times those "
+        "of large ones in the loss; 0: plain cross-entropy (%(default)s)",
+    )
     p.add_argument(
         "--no-augment",
         dest="augment",

@@ -36,6 +36,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd, both with a poly learning-rate decay
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    # Weigh small objects' pixels up to this many times a large one's (model_export.weighting);
+    # 0: plain cross-entropy.
+    small_object_weight: float = 0.0
     augment: bool = True
     seed: int = 0
     run_dir: str = "runs/shapes-fcn"

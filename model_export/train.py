@@ -23,6 +23,7 @@ from model_export.datasets import IGNORE_INDEX, SYNTHETIC, SegmentationDataset, 
 from model_export.evaluate import evaluate, torch_predictor
 from model_export.transforms import Augment
 from model_export.warm_start import load_exported
+from model_export.weighting import weighted_cross_entropy
 
 POLY_POWER = 0.9
 
@@ -176,7 +177,11 @@ class _Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            loss = self.loss_fn(at_input_size(self.model(x), y.shape[-2:]), y)
+            logits = at_input_size(self.model(x), y.shape[-2:])
+            if self.config.small_object_weight:
+                loss = weighted_cross_entropy(logits, y, max_weight=self.config.small_object_weight)
+            else:
+                loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

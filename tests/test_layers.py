@@ -52,6 +52,7 @@ CORE = {
     "repository",
     "resampling",
     "runtime",
+    "providers",
     "settings",
     "signature",
     "threads",

@@ -1,5 +1,6 @@
-"""The data plane's threads (decode/encode workers, the session pool, ONNX Runtime's own) run at
-``SEGSERVE_WORKER_NICE`` above the event loop's thread, so a saturated CPU serves the loop first."""
+"""The worker threads: the data plane's threads (decode/encode workers, the session pool, ONNX
+Runtime's own) run at ``SEGSERVE_WORKER_NICE`` above the event loop's thread, so a saturated CPU
+serves the loop first."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from service.settings import Settings
 from service.threads import WorkerThreads
 from tests.support import write_tiny_model
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice")
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice")
 
 
+@LINUX
 def _nice(tid: int | None = None) -> int:
     return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
 
@@ -43,6 +45,7 @@ def test_worker_threads_run_at_their_nice_above_the_main_thread() -> None:
     assert _nice(os.getpid()) == base  # the caller's thread is left as it was
 
 
+@LINUX
 def test_a_loaded_model_s_threads_onnx_runtime_s_included_are_lowered(tmp_path: Path) -> None:
     path = write_tiny_model(tmp_path, "tiny", 1, size=8)
     settings = Settings(provider="cpu", intra_op_threads=2, sessions=2, worker_nice=4)
