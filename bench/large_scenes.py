@@ -21,7 +21,7 @@ from PIL import Image
 
 from bench.offline import started
 from bench.procstat import load_average
-from bench.server import ROOT
+from bench.server import LATEST_MODEL, ROOT
 from model_export.metrics import ConfusionMatrix
 from service import masks, pipeline
 from service.pipeline import OutputFormat
@@ -30,23 +30,23 @@ from service.settings import Settings
 from tests.scenes import CLASSES, draw_scene
 
 SECOND_SEED = 1  # the second generator's evaluation stream (bench.scales uses it too)
-LATEST_MODEL = ROOT / "models" / "shapes-fcn" / "2" / "model.onnx"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=LATEST_MODEL)
     parser.add_argument("--scenes", type=int, default=6)
-    parser.add_argument("--tile", type=int, default=256, help="tiles: window side")
+    parser.add_argument("--tile", type=int, help="tiles: window side (default: the card's)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/scales/large.json")
     return parser.parse_args(argv)
 
 
-def policies(tile: int) -> dict[str, PolicyRequest]:
+def policies(tile: int | None) -> dict[str, PolicyRequest]:
+    windows = f"{tile} px" if tile else "the card's"
     return {
         "stretch": PolicyRequest(resize="stretch"),
         "native (card's max_side)": PolicyRequest(resize="native"),
-        f"tiles {tile} px": PolicyRequest(resize="tiles", tile=tile),
+        f"tiles ({windows} windows)": PolicyRequest(resize="tiles", tile=tile),
     }
 
 

@@ -28,7 +28,7 @@ from bench.images import sample_jpeg
 from bench.procstat import load_average
 from bench.server import (
     DEFAULT_MODEL,
-    DEFAULT_MODEL_REPOSITORY,
+    LATEST_MODEL,
     ROOT,
     run_loadtest,
     run_offline,
@@ -37,7 +37,6 @@ from bench.server import (
 from bench.verdict import Verdict
 
 RESULTS = ROOT / "bench" / "results" / "policies"
-LATEST_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "2" / "model.onnx"
 MIB = 1024 * 1024
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from bench.procstat import load_average
+from bench.server import LATEST_MODEL
 from model_export.card import card_of_file, write_card
 from model_export.datasets import MultiscaleShapesDataset
 from model_export.evaluate import native_labels, onnx_predictor, onnx_session
@@ -37,7 +38,6 @@ from service.imaging import prepare
 from service.masks import resize_labels
 from tests.scenes import draw_scene
 
-NEW_MODEL = Path("models/shapes-fcn/2/model.onnx")
 SECOND_SEED = 1  # the second generator's stream for evaluation; no model ever trains on it
 
 # (image, mask, instances, classes of objects 1..n, radii of objects 1..n)
@@ -120,7 +120,7 @@ def score(data: str, model: Path, policy: str, max_side: int | None, scenes: lis
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scales", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=NEW_MODEL, help="run natively (%(default)s)")
+    p.add_argument("--model", type=Path, default=LATEST_MODEL, help="run natively (%(default)s)")
     p.add_argument("--data", choices=("own", "second"), required=True)
     p.add_argument("--scenes", type=int, default=200, help="scenes to score (%(default)s)")
     p.add_argument("--max-sides", default="640", help="native long-side limits, comma-separated")

@@ -188,6 +188,11 @@ def _export_options(p: argparse.ArgumentParser) -> None:
         "record it in the card (default: the checkpoint's; 0 = stretch)",
     )
     p.add_argument(
+        "--tile",
+        type=int,
+        help="the tiles policy's default window side, in the card (default: the input size)",
+    )
+    p.add_argument(
         "--eval-split",
         default="test",
         choices=("val", "test", "none"),

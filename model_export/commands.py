@@ -98,6 +98,9 @@ def export(args: argparse.Namespace) -> int:
         description=args.description,
         checkpoint_sha256=sha256(args.checkpoint),
     )
+    if args.tile:  # validated as any card field is
+        tiled = InputSpec.model_validate(card.input.model_dump() | {"tile": args.tile})
+        card = card.model_copy(update={"input": tiled})
     parity = export_model(
         checkpoint.build(),
         card,

@@ -116,8 +116,9 @@ def test_cli_evaluates_an_exported_model(
 ) -> None:
     out = tmp_path / "cli.onnx"
     best = str(Path(config.run_dir) / "best.pt")
-    assert main(["export", best, "--out", str(out), "--eval-split", "val"]) == 0
+    assert main(["export", best, "--out", str(out), "--eval-split", "val", "--tile", "48"]) == 0
     card = card_of_file(out)
+    assert card.input.tile == 48  # the tiles policy's default window
     assert card.training.val_miou >= MIN_VAL_MIOU
     assert set(card.training.per_class_iou) == {"background", "square", "disc"}
     assert len(card.training.checkpoint_sha256) == 64
