@@ -8,11 +8,11 @@
    offline run in the servers' own layout (``--server-set``: their settings, and ``--processes``
    as many as SEGSERVE_PROCESSES) at their batch size; its throughput ratio is shown beside it;
 3. p50 latency at concurrency 1 <= 1.25 x the single-image latency of that offline run;
-4. the Open Inference Protocol's infer (a BYTES JPEG in, the png out, binary over REST) at c=32
-   >= 0.90 x the same offline limit: it runs the same pipeline, so that is its in-process limit;
-5. server RSS after 10,000 requests within 10% of RSS after the first 1,000 (fresh server);
-plus open-loop (Poisson) latency at 50, 70 and 90 % of the c=32 throughput, for capacity plans,
-and a 4000x3000 JPEG's p50 at c=1 against the 640x480 one's.
+4. server RSS after 10,000 requests within 10% of RSS after the first 1,000 (fresh server);
+plus, as figures: open-loop (Poisson) latency at 50, 70 and 90 % of the c=32 throughput, for
+capacity plans; the Open Inference Protocol's infer (a BYTES JPEG in, the png out, binary over
+REST) at c=32 against the same offline limit (it runs the same pipeline, so that is its
+in-process limit); and a 4000x3000 JPEG's p50 at c=1 against the 640x480 one's.
 
 Each load level runs ``bench.loadtest`` in its own process (its CPU use is reported), with the
 raw HTTP/1.1 client by default (httpx costs ~0.9 ms CPU per request, ~10% of 2 cores at c=32:
@@ -209,7 +209,6 @@ def judge(m: Measured, batch_size: int) -> list[Verdict]:
     the servers' largest batch (SEGSERVE_MAX_BATCH_SIZE)."""
     limit = m.offline["limit_images_per_s"]
     c32, c1 = m.runs["c32-small"], m.runs["c1-small"]
-    oip = m.runs["c32-oip"]["throughput_rps"]
     same = like_for_like(c32, c1, m.offline_layout, batch_size)
     processes = m.offline_layout.get("processes", 1)
     rss = m.runs["memory"]["server_rss_mb"]
@@ -241,12 +240,6 @@ def judge(m: Measured, batch_size: int) -> list[Verdict]:
             same["c1_ratio"] <= 1.25,
         ),
         Verdict(
-            "Open Inference Protocol infer (binary REST) at c=32 vs offline limit",
-            f"{oip:.1f} req/s = {oip / limit:.3f} x {limit:.1f} img/s",
-            ">= 0.90 x",
-            oip >= 0.9 * limit,
-        ),
-        Verdict(
             f"RSS after {m.rss_every * 10} vs after {m.rss_every} requests",
             f"{rss_last:.1f} / {rss_first:.1f} MiB = {rss_last / rss_first:.3f}",
             "within 10 %",
@@ -264,6 +257,16 @@ def cpu_split(m: Measured) -> dict[str, float]:
         "client_cpu_cores_c32": c32["client_cpu_cores"],
         "client_cpu_cores_c32_httpx": m.runs["c32-small-httpx"]["client_cpu_cores"],
     }
+
+
+def _oip_line(c32_oip: dict, limit: float) -> str:
+    """The Open Inference Protocol's infer against its in-process limit: the same pipeline's."""
+    served = c32_oip["throughput_rps"]
+    return (
+        f"Open Inference Protocol infer (a BYTES JPEG in, the png out, binary REST) at c=32: "
+        f"{served:.1f} req/s = {served / limit:.3f} x its in-process limit ({limit:.1f} img/s: "
+        f"the same pipeline), p50 {c32_oip['latency_ms']['p50']:.1f} ms."
+    )
 
 
 def _large_line(c1_large: dict, c1: dict) -> str:
@@ -293,6 +296,8 @@ def render(m: Measured, verdicts: list[Verdict], cpu: dict[str, float]) -> list[
         f"{cpu['client_cpu_cores_c32']:.2f} cores (raw), "
         f"{cpu['client_cpu_cores_c32_httpx']:.2f} (httpx: "
         f"{m.runs['c32-small-httpx']['throughput_rps']:.1f} req/s).",
+        "",
+        _oip_line(m.runs["c32-oip"], m.offline["limit_images_per_s"]),
         "",
         _large_line(m.runs["c1-large"], m.runs["c1-small"]),
         "",

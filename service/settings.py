@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     processes: int = Field(1, ge=1, description="server processes sharing the port")
     worker_threads: int = Field(2, ge=1, description="threads for decode/resize/encode")
     # Nice value added to the decode/encode and inference threads (ONNX Runtime's included):
-    # on a saturated CPU the event loop (admission, refusals, answers) then runs first.
-    worker_nice: int = Field(10, ge=0, le=19)
+    # on a saturated CPU the event loop (admission, refusals, answers) then runs first. Off by
+    # default: a flood of refused requests can then starve the work (docs/PERFORMANCE.md).
+    worker_nice: int = Field(0, ge=0, le=19)
     drain_delay_s: float = Field(0.0, ge=0, description="SIGTERM: /readyz 503 this long first")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest wait for in-flight work")
     host: str = "0.0.0.0"

@@ -16,8 +16,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.errors import ModelLoadError
 from service.model_card import METADATA_KEY, ClassInfo, InputSpec, ModelCard, OutputSpec
-from service.repository import ModelVersion
-from service.resampling import scale_scores
 from service.providers import (
     CPU,
     CUDA,
@@ -28,6 +26,8 @@ from service.providers import (
     engine_profile,
     plan_providers,
 )
+from service.repository import ModelVersion
+from service.resampling import scale_scores
 from service.runtime import (
     Runner,
     check_session,
@@ -53,9 +53,7 @@ GPU_SETTINGS = Settings(trt_cache_dir=Path("/cache"), trt_fp16=True)
 HEURISTIC = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
-def plan(
-    requested: Provider, available: list[str], gpu: GpuTarget | None = None
-) -> list[Attempt]:
+def plan(requested: Provider, available: list[str], gpu: GpuTarget | None = None) -> list[Attempt]:
     return plan_providers(requested, available, GPU_SETTINGS, gpu)
 
 
@@ -176,7 +174,7 @@ def test_loading_for_tensorrt_on_this_cpu_build_is_a_clear_error(
 ) -> None:
     model = ModelVersion("tiny", 1, model_path)
     settings = Settings(provider="tensorrt", trt_cache_dir=tmp_path)
-    with pytest.raises(ModelLoadError, match="no TensorrtExecutionProvider.*onnxruntime-gpu"):
+    with pytest.raises(ModelLoadError, match=r"no TensorrtExecutionProvider.*onnxruntime-gpu"):
         load_model(model, settings)
 
 
