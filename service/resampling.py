@@ -90,19 +90,22 @@ def _blend_boundary(
     (C, h, w) ``scores`` blended there, a chunk of pixels at a time."""
     if not pixels.size:
         return
-    # Each source pixel's scores as one contiguous row: the gathers below read whole rows.
-    by_pixel = np.ascontiguousarray(scores.transpose(1, 2, 0))
-    step = max(1, _CHUNK_FLOATS // scores.shape[0])
+    # Each source pixel's scores as one contiguous row of a 2-D array: the gathers below are
+    # row takes by one flat index (~20 % faster than indexing by row and column).
+    classes, width = scores.shape[0], scores.shape[2]
+    by_pixel = np.ascontiguousarray(scores.transpose(1, 2, 0)).reshape(-1, classes)
+    step = max(1, _CHUNK_FLOATS // classes)
     flat = labels.reshape(-1)
     for start in range(0, pixels.size, step):
         index = pixels[start : start + step]
         i, j = np.divmod(index, labels.shape[1])
-        r0, r1, c0, c1 = rows.first[i], rows.second[i], cols.first[j], cols.second[j]
+        r0, r1 = rows.first[i] * width, rows.second[i] * width
+        c0, c1 = cols.first[j], cols.second[j]
         w0, w1 = cols.first_weight[j, None], cols.second_weight[j, None]
-        top = by_pixel[r0, c0] * w0
-        top += by_pixel[r0, c1] * w1
-        bottom = by_pixel[r1, c0] * w0
-        bottom += by_pixel[r1, c1] * w1
+        top = by_pixel.take(r0 + c0, axis=0) * w0
+        top += by_pixel.take(r0 + c1, axis=0) * w1
+        bottom = by_pixel.take(r1 + c0, axis=0) * w0
+        bottom += by_pixel.take(r1 + c1, axis=0) * w1
         top *= rows.first_weight[i, None]
         bottom *= rows.second_weight[i, None]
         top += bottom
