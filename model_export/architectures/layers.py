@@ -39,6 +39,17 @@ class Upsample(nn.ConvTranspose2d):
             self.weight.copy_(bilinear_kernel(channels, 2 * factor))
 
 
+def top_down(
+    skips: list[torch.Tensor], lateral: nn.ModuleList, up: nn.ModuleList, refine: nn.ModuleList
+) -> torch.Tensor:
+    """The FCN-style decoder of the mobile and lite FCNs: from the deepest skip up, each step
+    upsamples ×2, adds the next shallower skip (through its 1x1 ``lateral``) and refines."""
+    y = lateral[-1](skips[-1])
+    for i in reversed(range(len(up))):
+        y = refine[i](up[i](y) + lateral[i](skips[i]))
+    return y
+
+
 class PadToMultiple(nn.Module):
     """Wraps a network whose strides need H and W divisible by ``multiple``: zero-pads the input
     (zero is the mean colour after normalisation) on the bottom/right, crops the output back to

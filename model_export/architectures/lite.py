@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_export.architectures.layers import Upsample, conv_bn_relu
+from model_export.architectures.layers import Upsample, conv_bn_relu, top_down
 from model_export.architectures.mobile import separable
 
 
@@ -48,7 +48,4 @@ class LiteFCN(nn.Module):
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
-        y = self.lateral[-1](skips[-1])
-        for i in reversed(range(len(self.up))):
-            y = self.refine[i](self.up[i](y) + self.lateral[i](skips[i]))
-        return self.score(y)
+        return self.score(top_down(skips, self.lateral, self.up, self.refine))
