@@ -24,7 +24,7 @@ from pathlib import Path
 from service.errors import ModelLoadError
 from service.model_card import InputSpec
 from service.policies import bucket_step
-from service.settings import Provider, Settings
+from service.settings import Settings
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -91,9 +91,12 @@ def engine_profile(
 
 
 def plan_providers(
-    requested: Provider, available: list[str], settings: Settings, gpu: GpuTarget | None = None
+    settings: Settings, available: list[str], gpu: GpuTarget | None = None
 ) -> list[Attempt]:
-    """The session attempts for ``requested`` given ``ort.get_available_providers()``."""
+    """The session attempts for ``settings.provider`` given ``ort.get_available_providers()``;
+    ``gpu``: the model version's TensorRT cache and profile (default: the cache folder itself,
+    and a profile TensorRT derives from the first batch)."""
+    requested = settings.provider
     if requested == "cpu":
         return [Attempt((CPU,), CPU, required=True)]
     cuda: ProviderSpec = (CUDA, {"cudnn_conv_algo_search": str(settings.cudnn_conv_algo_search)})
@@ -108,21 +111,21 @@ def plan_providers(
         if requested == "cuda":
             return [Attempt((cuda, CPU), CUDA, required=True)]
         # Nodes TensorRT cannot take run on CUDA, then CPU.
-        trt: ProviderSpec = (TENSORRT, tensorrt_options(settings, gpu))
+        target = gpu or GpuTarget(settings.trt_cache_dir, None)
+        trt: ProviderSpec = (TENSORRT, tensorrt_options(settings, target))
         return [Attempt((trt, cuda, CPU), TENSORRT, required=True)]
     attempts = [Attempt((cuda, CPU), CUDA, required=False)] if CUDA in available else []
     return [*attempts, Attempt((CPU,), CPU, required=True)]
 
 
-def tensorrt_options(settings: Settings, gpu: GpuTarget | None) -> dict[str, str]:
-    cache_dir = gpu.cache_dir if gpu else settings.trt_cache_dir
+def tensorrt_options(settings: Settings, gpu: GpuTarget) -> dict[str, str]:
     options = {
         "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(cache_dir),
+        "trt_engine_cache_path": str(gpu.cache_dir),
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(settings.trt_cache_dir),
         "trt_fp16_enable": str(settings.trt_fp16),
     }
-    if gpu and gpu.profile:
+    if gpu.profile:
         options |= gpu.profile.options()
     return options

@@ -57,12 +57,10 @@ def open_session(
     (``service.providers``); ``gpu``: the model version's TensorRT cache and profile."""
     ort.set_default_logger_severity(3)  # ORT's own (non-JSON) stderr lines: errors only
     if settings.provider == "tensorrt":
-        (gpu.cache_dir if gpu else settings.trt_cache_dir).mkdir(parents=True, exist_ok=True)
+        gpu = gpu or GpuTarget(settings.trt_cache_dir, None)
+        gpu.cache_dir.mkdir(parents=True, exist_ok=True)
     attempts = plan_providers(
-        settings.provider,
-        ort.get_available_providers() if available is None else available,
-        settings,
-        gpu,
+        settings, ort.get_available_providers() if available is None else available, gpu
     )
     for attempt in attempts:
         wanted = DISPLAY_NAMES[attempt.expect]

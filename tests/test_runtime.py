@@ -54,7 +54,7 @@ HEURISTIC = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def plan(requested: Provider, available: list[str], gpu: GpuTarget | None = None) -> list[Attempt]:
-    return plan_providers(requested, available, GPU_SETTINGS, gpu)
+    return plan_providers(GPU_SETTINGS.model_copy(update={"provider": requested}), available, gpu)
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -102,8 +102,8 @@ def test_explicit_gpu_providers_are_required() -> None:
 
 
 def test_the_cudnn_algorithm_search_is_a_setting() -> None:
-    settings = Settings(cudnn_conv_algo_search="EXHAUSTIVE")
-    (cuda,) = plan_providers("cuda", GPU_BUILD, settings)
+    settings = Settings(provider="cuda", cudnn_conv_algo_search="EXHAUSTIVE")
+    (cuda,) = plan_providers(settings, GPU_BUILD)
     assert cuda.providers[0] == (CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"})
 
 
