@@ -66,10 +66,29 @@ def scaled_argmax(scores: np.ndarray, labels: np.ndarray, size: tuple[int, int])
     pixels (along class boundaries) are blended, all classes at once, with the arithmetic of
     ``scale_scores``. The answer is the same except where two classes' blended scores round to
     the same float, where the full argmax takes the lower class id.
+
+    When both axes scale by whole factors (a stride-4 model's scores to its input), the pixels
+    between four source pixels' centres form an f x f block with the same weights in every
+    block: those blocks are found and blended a block at a time, and only the frame outside the
+    first and last centres pixel by pixel.
     """
-    height, width = size
-    rows = linear_taps(labels.shape[1], height)
-    cols = linear_taps(labels.shape[2], width)
+    rows = linear_taps(labels.shape[1], size[0])
+    cols = linear_taps(labels.shape[2], size[1])
+    row_blocks, col_blocks = _Blocks.of(rows), _Blocks.of(cols)
+    if row_blocks is None or col_blocks is None:
+        return _scaled_argmax_by_pixel(scores, labels, rows, cols)
+    out = labels.take(rows.first, axis=1).take(cols.first, axis=2)
+    frame = _frame(size, row_blocks, col_blocks)
+    for image in range(len(out)):
+        _blend_blocks(scores[image], labels[image], out[image], row_blocks, col_blocks)
+        edge = _on_boundary(labels[image], frame, size[1], rows, cols)
+        _blend_boundary(scores[image], out[image], edge, rows, cols)
+    return out
+
+
+def _scaled_argmax_by_pixel(
+    scores: np.ndarray, labels: np.ndarray, rows: Taps, cols: Taps
+) -> np.ndarray:
     upper, lower = labels.take(rows.first, axis=1), labels.take(rows.second, axis=1)
     out = upper.take(cols.first, axis=2)
     corners = (
@@ -81,6 +100,88 @@ def scaled_argmax(scores: np.ndarray, labels: np.ndarray, size: tuple[int, int])
     for image in range(len(out)):
         _blend_boundary(scores[image], out[image], np.flatnonzero(boundary[image]), rows, cols)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Blocks:
+    """Along one axis, output pixels ``start + f*k .. start + f*k + f - 1`` blend source pixels
+    k and k + 1 with the same ``weights`` for every k < ``count``."""
+
+    start: int
+    factor: int
+    count: int
+    first_weight: np.ndarray  # (factor,) float32
+    second_weight: np.ndarray
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.factor * self.count
+
+    @classmethod
+    def of(cls, taps: Taps) -> _Blocks | None:
+        """The blocks of ``taps`` when it scales by a whole factor with the same weights in each
+        block (exactly, in float32: powers of two do), else None."""
+        n_out, n_in = len(taps.first), int(taps.first[-1]) + 1
+        factor, rest = divmod(n_out, n_in)
+        if rest or factor < 2 or n_in < 2:
+            return None
+        start, count = factor // 2, n_in - 1
+        first = slice(start, start + factor)
+        blocks = cls(start, factor, count, taps.first_weight[first], taps.second_weight[first])
+        inside = slice(start, blocks.stop)
+        source = np.repeat(np.arange(count), factor)
+        same = (
+            np.array_equal(taps.first[inside], source)
+            and np.array_equal(taps.second[inside], source + 1)
+            and np.array_equal(taps.first_weight[inside], np.tile(blocks.first_weight, count))
+            and np.array_equal(taps.second_weight[inside], np.tile(blocks.second_weight, count))
+        )
+        return blocks if same else None
+
+
+def _frame(size: tuple[int, int], rows: _Blocks, cols: _Blocks) -> np.ndarray:
+    """Flat indices of the output pixels outside the blocks."""
+    outside = np.ones(size, bool)
+    outside[rows.start : rows.stop, cols.start : cols.stop] = False
+    return np.flatnonzero(outside)
+
+
+def _blend_blocks(
+    scores: np.ndarray, labels: np.ndarray, out: np.ndarray, rows: _Blocks, cols: _Blocks
+) -> None:
+    """Set the blocks of ``out`` (H, W) whose four source pixels' ``labels`` (h, w) differ to
+    the argmax of one image's (C, h, w) ``scores`` blended there."""
+    corners = (labels[:-1, :-1], labels[:-1, 1:], labels[1:, :-1], labels[1:, 1:])
+    mixed = (corners[0] != corners[1]) | (corners[0] != corners[2]) | (corners[0] != corners[3])
+    r, c = np.nonzero(mixed)
+    if not r.size:
+        return
+    classes, width = scores.shape[0], scores.shape[2]
+    by_pixel = np.ascontiguousarray(scores.transpose(1, 2, 0)).reshape(-1, classes)
+    view = out[rows.start : rows.stop, cols.start : cols.stop].reshape(
+        rows.count, rows.factor, cols.count, cols.factor
+    )
+    step = max(1, _CHUNK_FLOATS // (classes * rows.factor * cols.factor))
+    w0, w1 = cols.first_weight[:, None], cols.second_weight[:, None]  # (f, 1) against (f, C)
+    v0, v1 = rows.first_weight[:, None, None], rows.second_weight[:, None, None]
+    for start in range(0, r.size, step):
+        i, j = r[start : start + step], c[start : start + step]
+        q = i * width + j
+        # The arithmetic (and its order) of _blend_boundary, for f x f pixels at once.
+        top = by_pixel[q][:, None] * w0 + by_pixel[q + 1][:, None] * w1  # (n, f, C)
+        bottom = by_pixel[q + width][:, None] * w0 + by_pixel[q + width + 1][:, None] * w1
+        view[i, :, j, :] = (top[:, None] * v0 + bottom[:, None] * v1).argmax(axis=-1)
+
+
+def _on_boundary(
+    labels: np.ndarray, pixels: np.ndarray, width: int, rows: Taps, cols: Taps
+) -> np.ndarray:
+    """Those of the flat output indices ``pixels`` whose four source pixels' labels differ."""
+    i, j = np.divmod(pixels, width)
+    r0, r1, c0, c1 = rows.first[i], rows.second[i], cols.first[j], cols.second[j]
+    first = labels[r0, c0]
+    differ = (first != labels[r0, c1]) | (first != labels[r1, c0]) | (first != labels[r1, c1])
+    return pixels[differ]
 
 
 def _blend_boundary(

@@ -16,9 +16,14 @@ import torch.nn.functional as F
 from service.resampling import linear_taps, scale_scores, scaled_argmax
 from service.runtime import class_argmax
 
-# (h, w) -> (H, W): the SegFormer factor, odd sizes, non-integer factors, down and up, identity.
+# (h, w) -> (H, W): the SegFormer factor, odd sizes, non-integer factors, down and up, identity,
+# whole factors other than 4 and different ones per axis, a single source row.
 SIZES = [
     ((16, 16), (64, 64)),
+    ((120, 160), (480, 640)),
+    ((12, 10), (36, 40)),
+    ((9, 7), (18, 56)),
+    ((1, 6), (4, 24)),
     ((33, 31), (129, 123)),
     ((5, 7), (17, 29)),
     ((10, 13), (23, 11)),
