@@ -97,7 +97,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _field(
         p,
         "--init-from",
-        help="start from the weights of this exported ONNX model (same architecture and width)",
+        help="start from the weights of this exported ONNX model (same architecture and width) "
+        "or training checkpoint (.pt: same width, and every tensor of the architecture in it)",
     )
     _field(p, "--epochs", type=int, help="(%(default)s)")
     _field(p, "--batch-size", type=int, help="(%(default)s)")

@@ -22,7 +22,7 @@ from model_export.data import InMemory, TrainingSamples
 from model_export.datasets import IGNORE_INDEX, SYNTHETIC, SegmentationDataset, open_dataset
 from model_export.evaluate import evaluate, torch_predictor
 from model_export.transforms import Augment
-from model_export.warm_start import load_exported
+from model_export.warm_start import load_checkpoint, load_exported
 from model_export.weighting import weighted_cross_entropy
 
 POLY_POWER = 0.9
@@ -73,6 +73,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     state = Checkpoint(config, classes, trainer.model.state_dict())
     if resume and (run_dir / "last.pt").is_file():
         state = trainer.restore(Checkpoint.load(run_dir / "last.pt"))
+    elif config.init_from and Path(config.init_from).suffix == ".pt":
+        unused = load_checkpoint(trainer.model, Path(config.init_from))
+        tqdm.write(f"warm start from {config.init_from} (not used: {', '.join(unused) or '-'})")
     elif config.init_from:
         calibration, _ = next(iter(loader))  # reseeded per epoch below: the run is unchanged
         diff = load_exported(trainer.model, Path(config.init_from), calibration.to(device))

@@ -1,4 +1,6 @@
-"""Start training from the weights inside an exported ONNX model of the same architecture.
+"""Start training from the weights of an earlier model: an exported ONNX model of the same
+architecture (``load_exported``), or a training checkpoint of the same or a sibling architecture
+(``load_checkpoint``).
 
 The exporter folds each batch norm into the convolution before it (W' = W * gamma / sigma, plus a
 bias), so the ONNX initialisers carry every convolution's weight under its PyTorch name but no
@@ -7,6 +9,9 @@ calibration batch so that the network computes exactly the exported function in 
 (checked against ONNX Runtime) and nearly the same in train mode, where batch statistics
 replace the running ones: running mean/var = the per-channel mean/var of W'x on the batch,
 gamma = sqrt(var + eps), beta = folded bias + mean.
+
+A checkpoint holds the unfolded weights and statistics, so they load as they are; it may hold
+more than the model takes (a learned upsampler the model replaces by a fixed one).
 """
 
 from __future__ import annotations
@@ -43,6 +48,21 @@ def load_exported(model: nn.Module, path: Path, calibration: torch.Tensor) -> fl
             _as_bias(bn, folded_bias[_name(model, conv) + ".weight"])
         _refit(model, pairs, calibration)
     return _check(model, proto, calibration)
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> list[str]:
+    """Load the weights and batch-norm statistics of the training checkpoint ``path`` into
+    ``model``; returns the names of the checkpoint's tensors the model has no place for.
+    Raises ValueError when one of the model's tensors is missing or has another shape."""
+    saved: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name not in saved or saved[name].shape != tensor.shape:
+                raise ValueError(f"{name}: missing or of another shape in {path}")
+            tensor.copy_(saved[name])
+    return sorted(set(saved) - set(model.state_dict()))
 
 
 def _name(model: nn.Module, module: nn.Module) -> str:

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from model_export.architectures import build_model
+from model_export.checkpoint import Checkpoint, TrainConfig
 from model_export.export import export
-from model_export.warm_start import load_exported
+from model_export.warm_start import load_checkpoint, load_exported
 from service.model_card import InputSpec, ModelCard
 
 
@@ -51,3 +52,33 @@ def test_another_architecture_width_is_refused(tmp_path: Path) -> None:
     _, path = _exported(tmp_path)
     with pytest.raises(ValueError, match="shape"):
         load_exported(build_model("mobile-fcn", 3, 8), path, torch.randn(2, 3, 32, 32))
+
+
+def _checkpoint(tmp_path: Path, architecture: str, width: int) -> Path:
+    torch.manual_seed(1)
+    model = build_model(architecture, 3, width)
+    config = TrainConfig(architecture=architecture, width=width)
+    path = tmp_path / "last.pt"
+    Checkpoint(config, ["background", "a", "b"], model.state_dict()).save(path)
+    return path
+
+
+def test_a_checkpoint_of_a_sibling_architecture_gives_every_weight_the_model_has(
+    tmp_path: Path,
+) -> None:
+    path = _checkpoint(tmp_path, "lite-fcn", 8)
+    saved = Checkpoint.load(path).state_dict
+    model = build_model("lite-fcn-bilinear", 3, 8)
+    unused = load_checkpoint(model, path)
+    assert unused == [f"net.up.{i}.weight" for i in range(3)]  # the learned upsamplers
+    for name, tensor in model.state_dict().items():  # batch-norm statistics included
+        torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
+
+
+def test_a_checkpoint_without_one_of_the_model_s_weights_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"net\.up\.0\.weight: missing"):
+        load_checkpoint(
+            build_model("lite-fcn", 3, 8), _checkpoint(tmp_path, "lite-fcn-bilinear", 8)
+        )
+    with pytest.raises(ValueError, match="another shape"):
+        load_checkpoint(build_model("lite-fcn", 3, 16), _checkpoint(tmp_path, "lite-fcn", 8))

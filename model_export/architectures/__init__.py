@@ -36,6 +36,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deconvnet": Architecture(DeconvNet, 64, "vgg16"),
     "mobile-fcn": Architecture(MobileFCN, 16, "mobilenet-separable"),
     "lite-fcn": Architecture(LiteFCN, 32, "mobilenet-separable", LiteFCN.output_stride),
+    "lite-fcn-bilinear": Architecture(
+        lambda c, w: LiteFCN(c, w, upsampling="bilinear"),
+        32,
+        "mobilenet-separable",
+        LiteFCN.output_stride,
+    ),
 }
 
 

@@ -39,6 +39,18 @@ class Upsample(nn.ConvTranspose2d):
             self.weight.copy_(bilinear_kernel(channels, 2 * factor))
 
 
+class Bilinear(nn.Module):
+    """Fixed ×``factor`` bilinear upsampling (half-pixel centres): no weights, and on CPU a
+    fraction of a learned ``Upsample``'s cost, which is a dense channels² transposed conv."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.factor, mode="bilinear", align_corners=False)
+
+
 def top_down(
     skips: list[torch.Tensor], lateral: nn.ModuleList, up: nn.ModuleList, refine: nn.ModuleList
 ) -> torch.Tensor:
