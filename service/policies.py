@@ -5,8 +5,9 @@
   canvas of zeros (the mean colour, after normalisation; black for a uint8 input); labels
   cropped to the image's part.
 - ``native``: the image itself (scaled down when its long side exceeds ``max_side``), padded
-  right and bottom to a shape bucket: a multiple of the model's stride, rounded up to 64 px
-  steps so that images of similar sizes share batches; labels cropped back.
+  right and bottom to a shape bucket: a multiple of the model's stride, rounded up to 32 px
+  steps so that images of similar sizes share batches (a 4:3 photo at 640x480 needs no
+  padding); labels cropped back.
 - ``tiles``: the image scaled by ``scale``, cut into ``tile`` x ``tile`` windows overlapping by
   ``overlap``; the windows' scores are blended with a Gaussian weight (heaviest in a window's
   centre, after MONAI's ``sliding_window_inference``) and the argmax taken, band by band
@@ -29,7 +30,7 @@ from service.errors import InvalidParameter
 from service.model_card import InputSpec, Resize
 
 Size = tuple[int, int]  # (width, height), as PIL says it
-_BUCKET_STEP = 64  # native inputs are padded up to multiples of this (and of the stride)
+_BUCKET_STEP = 32  # native inputs are padded up to multiples of this (and of the stride)
 _GAUSSIAN_SIGMA = 0.125  # of the tile side, as MONAI's default
 _MIN_WEIGHT = 1e-6  # > 0: a window's corner still counts where no other window reaches
 
@@ -111,7 +112,7 @@ def input_shape(policy: Policy, spec: InputSpec, content: Size) -> tuple[int, in
 
 
 def bucket_step(stride: int) -> int:
-    """``native`` inputs are padded to multiples of this: 64 px, or the next multiple of the
+    """``native`` inputs are padded to multiples of this: 32 px, or the next multiple of the
     model's stride."""
     return stride * math.ceil(_BUCKET_STEP / stride)
 

@@ -285,11 +285,12 @@ def test_stitching_windows_of_a_pointwise_score_map_gives_its_argmax(
     assert (stitcher.finish() == scores.argmax(axis=0)).all()
 
 
-def test_native_buckets_pad_to_the_stride_in_64_px_steps() -> None:
+def test_native_buckets_pad_to_the_stride_in_32_px_steps() -> None:
     policy = policies.resolve(SPEC, policies.PolicyRequest(resize="native"), any_size=True)
     assert policies.content_size(policy, SPEC, (4000, 3000)) == (1024, 768)
     assert policies.input_shape(policy, SPEC, (1024, 768)) == (768, 1024)
-    assert policies.input_shape(policy, SPEC, (65, 1)) == (64, 128)
+    assert policies.input_shape(policy, SPEC, (65, 1)) == (32, 96)
+    assert policies.input_shape(policy, SPEC, (640, 480)) == (480, 640)
     small = policies.PolicyRequest(resize="native", max_side=100)
     assert policies.content_size(policies.resolve(SPEC, small, any_size=True), SPEC, (50, 30)) == (
         50,

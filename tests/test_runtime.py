@@ -110,18 +110,18 @@ def test_the_cudnn_algorithm_search_is_a_setting() -> None:
 def test_an_any_size_model_s_engine_covers_every_shape_its_default_policies_make() -> None:
     spec = InputSpec(height=512, width=512, resize="native", max_side=600)
     profile = engine_profile("x", spec, any_size=True, max_batch=8)
-    # native buckets from 64 px up to 600 rounded up to a bucket (640); 512-px tiles; batch 1..8
+    # native buckets from 32 px up to 600 rounded up to a bucket (608); 512-px tiles; batch 1..8
     assert (profile.min, profile.opt, profile.max) == (
-        (1, 3, 64, 64),
+        (1, 3, 32, 32),
         (8, 3, 512, 512),
-        (8, 3, 640, 640),
+        (8, 3, 608, 608),
     )
     tiles = InputSpec(height=256, width=256, resize="tiles", tile=1024, stride=16)
     assert engine_profile("x", tiles, any_size=True, max_batch=4).max == (4, 3, 1024, 1024)
     nhwc = InputSpec(height=96, width=128, layout="NHWC", stride=48, max_side=100)
     profile = engine_profile("pixels", nhwc, any_size=True, max_batch=2)
-    assert (profile.min, profile.max) == ((1, 96, 96, 3), (2, 192, 192, 3))  # buckets of 96
-    assert profile.options()["trt_profile_max_shapes"] == "pixels:2x192x192x3"
+    assert (profile.min, profile.max) == ((1, 48, 48, 3), (2, 144, 144, 3))  # buckets of 48
+    assert profile.options()["trt_profile_max_shapes"] == "pixels:2x144x144x3"
 
 
 def test_a_fixed_size_model_s_engine_varies_only_the_batch() -> None:
