@@ -99,14 +99,18 @@ def native_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 
 def native_input(image: np.ndarray, spec: InputSpec, max_side: int) -> tuple[np.ndarray, int, int]:
-    """((3, H', W') float input, h, w): the image at its native size (h, w), normalised as the
-    service does, zero-padded right and bottom to a multiple of ``STRIDE`` (zero is the mean
-    colour after normalisation)."""
+    """((3, H', W') float input, h, w): the image at its native size (h, w), normalised and
+    padded right and bottom to a multiple of ``STRIDE`` as the service does (its last column and
+    row repeated)."""
     w, h = native_size(image.shape[1], image.shape[0], max_side)
-    x = prepare(Image.fromarray(image), spec.model_copy(update={"height": h, "width": w}))
-    padded = np.zeros((3, -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE), x.dtype)
-    padded[:, :h, :w] = x
-    return padded, h, w
+    shape = (-(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE)
+    x = prepare(
+        Image.fromarray(image),
+        spec.model_copy(update={"height": h, "width": w}),
+        shape=shape,
+        edge=True,
+    )
+    return x, h, w
 
 
 def native_labels(

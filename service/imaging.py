@@ -171,14 +171,16 @@ def prepare(
     spec: model_card.InputSpec,
     size: tuple[int, int] | None = None,
     shape: tuple[int, int] | None = None,
+    *,
+    edge: bool = False,
 ) -> np.ndarray:
     """``image`` resized (bilinear) to ``size`` (width, height; default the model's), normalised
     and placed top-left in a C-contiguous (3, *shape) array (height, width; default the resized
     image's) whose rest is zeros: the mean colour, after normalisation (see ``normalized`` for
-    a uint8 input)."""
+    a uint8 input); with ``edge``, the image's last row and column repeated instead."""
     width, height = size or (spec.width, spec.height)
     pixels = np.asarray(resized(image, (width, height)))  # (H, W, 3) uint8
-    return normalized(pixels, spec, shape or (height, width))
+    return normalized(pixels, spec, shape or (height, width), edge=edge)
 
 
 def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -192,25 +194,36 @@ def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def normalized(
-    pixels: np.ndarray, spec: model_card.InputSpec, shape: tuple[int, int]
+    pixels: np.ndarray, spec: model_card.InputSpec, shape: tuple[int, int], *, edge: bool = False
 ) -> np.ndarray:
-    """(h, w, 3) uint8 ``pixels`` normalised into the top-left of a zeroed (3, *shape) input.
-    A uint8 input (a graph that normalises its pixels itself) gets them as they are, and its
-    zeros are black."""
+    """(h, w, 3) uint8 ``pixels`` normalised into the top-left of a (3, *shape) input whose rest
+    is zeros, or with ``edge`` the pixels' last row and column repeated. A uint8 input (a graph
+    that normalises its pixels itself) gets them as they are, and its zeros are black."""
     height, width = pixels.shape[:2]
     whole = (height, width) == shape
+    fresh = np.empty if whole or edge else np.zeros
     if spec.dtype == "uint8":
-        pixel_input = (np.empty if whole else np.zeros)((3, *shape), dtype=np.uint8)
+        pixel_input = fresh((3, *shape), dtype=np.uint8)
         pixel_input[:, :height, :width] = pixels.transpose(2, 0, 1)
-        return pixel_input
-    out = (np.empty if whole else np.zeros)((3, *shape), dtype=np.float32)
+        return _repeat_edges(pixel_input, height, width) if edge else pixel_input
+    out = fresh((3, *shape), dtype=np.float32)
     region = out if whole else out[:, :height, :width]
     scale, offset = _affine(spec)
     # x = (p / 255 - mean) / std = p * scale + offset, computed in place in the CHW output (the
     # transpose is only a view of the HWC pixels): one allocation, no temporaries.
     np.multiply(pixels.transpose(2, 0, 1), scale, out=region)
     region += offset
+    if edge:
+        _repeat_edges(out, height, width)
     return out if spec.dtype == "float32" else out.astype(spec.dtype)
+
+
+def _repeat_edges(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Fill (C, H, W) ``x`` beyond its top-left (height, width) with that part's last column,
+    then its last row (so the corner gets the last pixel)."""
+    x[:, :height, width:] = x[:, :height, width - 1 : width]
+    x[:, height:, :] = x[:, height - 1 : height, :]
+    return x
 
 
 def _affine(spec: model_card.InputSpec) -> tuple[np.ndarray, np.ndarray]:

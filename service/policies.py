@@ -5,9 +5,9 @@
   canvas of zeros (the mean colour, after normalisation; black for a uint8 input); labels
   cropped to the image's part.
 - ``native``: the image itself (scaled down when its long side exceeds ``max_side``), padded
-  right and bottom to a shape bucket: a multiple of the model's stride, rounded up to 32 px
-  steps so that images of similar sizes share batches (a 4:3 photo at 640x480 needs no
-  padding); labels cropped back.
+  right and bottom (its last column and row repeated) to a shape bucket: a multiple of the
+  model's stride, rounded up to 32 px steps so that images of similar sizes share batches (a
+  4:3 photo at 640x480 needs no padding); labels cropped back.
 - ``tiles``: the image scaled by ``scale``, cut into ``tile`` x ``tile`` windows overlapping by
   ``overlap``; the windows' scores are blended with a Gaussian weight (heaviest in a window's
   centre, after MONAI's ``sliding_window_inference``) and the argmax taken, band by band

@@ -389,6 +389,25 @@ def test_prepare_stretches_to_the_input_size() -> None:
         assert tuple(pixel[:, row, col]) == colour
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "uint8"])
+def test_prepare_pads_with_zeros_or_the_repeated_edges(dtype: str) -> None:
+    pixels = np.random.default_rng(4).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    spec = InputSpec(height=3, width=5, dtype=dtype)
+    alone = prepare(Image.fromarray(pixels), spec)
+
+    zeros = prepare(Image.fromarray(pixels), spec, shape=(4, 8))
+    edges = prepare(Image.fromarray(pixels), spec, shape=(4, 8), edge=True)
+
+    for x in (zeros, edges):
+        assert x.shape == (3, 4, 8)
+        assert x.dtype == alone.dtype
+        np.testing.assert_array_equal(x[:, :3, :5], alone)
+    assert not zeros[:, 3:].any()
+    assert not zeros[:, :, 5:].any()
+    np.testing.assert_array_equal(edges[:, :3, 5:], np.repeat(alone[:, :, 4:], 3, axis=2))
+    np.testing.assert_array_equal(edges[:, 3], edges[:, 2])  # the corner: the last pixel
+
+
 def test_multi_picture_jpeg_gives_the_first_picture_and_drafts() -> None:
     first = images.quadrants(1600, 1200)
     second = first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from service import policies
-from service.model_card import InputSpec
+from service.model_card import InputSpec, ModelCard
+from service.pipeline import OutputFormat, prepare_input
 from tests.images import encoded, png_declaring
 from tests.support import (
     Server,
@@ -303,3 +304,22 @@ def test_letterbox_fits_the_long_side() -> None:
     assert policies.content_size(policy, SPEC, (400, 100)) == (48, 12)
     assert policies.content_size(policy, SPEC, (100, 400)) == (8, 32)
     assert policies.input_shape(policy, SPEC, (48, 12)) == (32, 48)
+
+
+@pytest.mark.parametrize(("resize", "edge"), [("native", True), ("letterbox", False)])
+def test_native_pads_with_the_image_s_edges_and_letterbox_with_zeros(
+    resize: str, edge: bool
+) -> None:
+    spec = InputSpec(height=32, width=48, mean=(0.5, 0.5, 0.5), std=(1, 1, 1))
+    card = ModelCard.with_default_colors(["background", "thing"], name="pad", input=spec)
+    image = np.random.default_rng(7).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    policy = policies.resolve(spec, policies.PolicyRequest(resize=resize), any_size=True)
+
+    x = prepare_input(encoded(Image.fromarray(image), "PNG"), card, OutputFormat.png, 10**6, policy)
+
+    w, h = x.content  # letterbox: scaled to fit, 43 x 32
+    assert (x.x.shape[1:], x.content) == ((32, 64), (40, 30)) if edge else ((32, 48), (43, 32))
+    expected = np.repeat(x.x[:, :h, w - 1 : w], x.x.shape[2] - w, axis=2) if edge else 0
+    np.testing.assert_array_equal(x.x[:, :h, w:], expected)
+    expected = np.repeat(x.x[:, h - 1 : h], x.x.shape[1] - h, axis=1) if edge else 0
+    np.testing.assert_array_equal(x.x[:, h:], expected)
