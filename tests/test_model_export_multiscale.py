@@ -123,12 +123,13 @@ def test_native_policy_scales_down_only_and_pads_to_the_stride() -> None:
     assert native_size(640, 480, 320) == (320, 240)
     assert native_size(300, 200, 640) == (300, 200), "never scaled up"
     assert native_size(4000, 3, 100) == (100, 1)
-    image = np.full((45, 70, 3), 124, np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), np.uint8)
     x, h, w = native_input(image, InputSpec(height=8, width=8), max_side=640)
     assert (h, w) == (45, 70)
     assert x.shape == (3, 64, 96)
-    assert not x[:, h:, :].any(), "padding is zero after normalising"
-    assert not x[:, :, w:].any()
+    # Padded as the service pads: the last column, then the last row, repeated.
+    np.testing.assert_array_equal(x[:, :h, w:], np.repeat(x[:, :h, w - 1 : w], 96 - w, axis=2))
+    np.testing.assert_array_equal(x[:, h:, :], np.repeat(x[:, h - 1 : h, :], 64 - h, axis=1))
 
     def half_and_half(batch: np.ndarray) -> np.ndarray:
         labels = np.zeros(batch.shape[:1] + batch.shape[2:], np.uint8)
