@@ -25,7 +25,7 @@ DEFAULT_MODEL_REPOSITORY = ROOT / "models"
 # Version 1 (128x128, stretched): what the HTTP-layer figures have always been measured with.
 DEFAULT_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "1" / "model.onnx"
 # The bundled default (the latest version): what the input policies and scales are measured with.
-LATEST_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "3" / "model.onnx"
+LATEST_MODEL = DEFAULT_MODEL_REPOSITORY / "shapes-fcn" / "4" / "model.onnx"
 # The framework baselines live in their own venvs (never in .venv): see docs/PERFORMANCE.md.
 FRAMEWORK_PYTHON = {
     "litserve": os.environ.get("LITSERVE_PYTHON", "/tmp/litserve-venv/bin/python"),
