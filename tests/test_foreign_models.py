@@ -171,8 +171,9 @@ def test_quarter_resolution_scores_are_scaled_under_the_default_policy(server: S
 
 def test_quarter_resolution_scores_are_scaled_under_native(server: Server) -> None:
     image = _blocks(7, 100, 70)
-    x = np.zeros((1, 3, 128, 128), np.float32)  # padded to the next 64-pixel bucket
-    x[0, :, :70, :100] = np.asarray(image).transpose(2, 0, 1) / 255
+    pixels = np.asarray(image).transpose(2, 0, 1)[None] / np.float32(255)
+    # Padded to the next 32-pixel bucket (96 x 128) by repeating the last column and row.
+    x = np.pad(pixels, ((0, 0), (0, 0), (0, 26), (0, 28)), mode="edge")
     expected = _torch_labels(x)[0, :70, :100]
     got = _labels(server, image, "quarter", resize="native")
     assert _agreement(got, expected) >= 0.999
