@@ -62,6 +62,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add_settings_option(
         parser, "--server-set", "server_settings", help="server setting (default: a 100 ms budget)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="serve through bench.variant with this flag (repeat for each)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -71,7 +78,9 @@ def measure(args: argparse.Namespace) -> Measured:
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_dict(args.server_settings or list(DEFAULT_SERVER))
     run = ["--client=raw", f"--duration={args.duration}"]
-    with serve("segserve", args.model, out / "server.log", settings) as server:
+    with serve(
+        "segserve", args.model, out / "server.log", settings, variant=args.variant or None
+    ) as server:
 
         def level(name: str, *extra: str) -> dict:
             return run_loadtest(server.base_url, server.pid, out / f"{name}.json", *run, *extra)

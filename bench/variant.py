@@ -2,6 +2,7 @@
 
     python -m bench.variant --ort-config session.intra_op.allow_spinning=0
     python -m bench.variant --loop asyncio --http h11
+    python -m bench.variant --switch-interval 1     # the interpreter's GIL switch interval, ms
 
 Only for measurement: it patches this process's view of ``service.runtime.session_options`` or
 uvicorn's loop/protocol choice, then runs the unchanged ``service.__main__.main``. A lever that
@@ -18,7 +19,7 @@ import onnxruntime as ort
 import uvicorn
 
 from service import __main__ as entry
-from service import runtime
+from service import runtime, server
 from service.settings import Settings
 
 
@@ -47,10 +48,15 @@ def main() -> int:
     )
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto")
+    parser.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval, in ms (Python's: 5)"
+    )
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval / 1000)
 
     add_ort_config(args.ort_config)
-    entry.uvicorn.Config = functools.partial(  # type: ignore[misc]
+    server.uvicorn.Config = functools.partial(  # type: ignore[assignment]
         uvicorn.Config, loop=args.loop, http=args.http
     )
     return entry.main()

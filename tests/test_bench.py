@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -256,3 +257,16 @@ def test_edge_times_the_http_layer_around_a_stand_in_pipeline() -> None:
     result = json.loads(done.stdout)
     assert len(result["timings_ms"]) == 2
     assert result["edge_cpu_ms"] == min(result["timings_ms"]) > 0
+
+
+def test_variant_serves_with_its_lever_flipped(tiny_model: Path, tmp_path: Path) -> None:
+    flags = ["--loop", "asyncio", "--http", "h11", "--switch-interval", "1"]
+    with serve("segserve", tiny_model, tmp_path / "variant.log", variant=flags) as server:
+        answer = httpx.post(
+            f"{server.base_url}/segment",
+            content=sample_jpeg("small"),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=30,
+        )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/png"
