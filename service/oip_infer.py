@@ -34,7 +34,7 @@ from service.core import ServedModel, Service
 from service.errors import InvalidRequest, ModelNotFound
 from service.oip_tensors import InputTensor, OutputTensor, byte_elements, numeric_array
 from service.pipeline import OutputFormat
-from service.runtime import class_argmax
+from service.resampling import class_argmax
 
 IMAGE, INPUT = "image", "input"
 OUTPUTS = ("labels", "png", "rle")  # the order outputs are returned in by default

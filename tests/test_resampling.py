@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.resampling import linear_taps, scale_scores, scaled_argmax
-from service.runtime import class_argmax
+from service.resampling import class_argmax, linear_taps, scale_scores, scaled_argmax
 
 # (h, w) -> (H, W): the SegFormer factor, odd sizes, non-integer factors, down and up, identity,
 # whole factors other than 4 and different ones per axis, a single source row.
