@@ -26,6 +26,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from model_export.checkpoint import Checkpoint
+
 MAX_ABS_DIFF = 1e-3  # eval-mode logits against ONNX Runtime, after the refit
 
 
@@ -54,9 +56,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> list[str]:
     """Load the weights and batch-norm statistics of the training checkpoint ``path`` into
     ``model``; returns the names of the checkpoint's tensors the model has no place for.
     Raises ValueError when one of the model's tensors is missing or has another shape."""
-    saved: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)[
-        "state_dict"
-    ]
+    saved = Checkpoint.load(path).state_dict
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if name not in saved or saved[name].shape != tensor.shape:
