@@ -253,8 +253,9 @@ def prepare_input(
     decoded = decode_input(data, card, fmt, max_pixels, policy)
     content = policies.content_size(policy, card.input, decoded.size)
     shape = policies.input_shape(policy, card.input, content)
-    # native pads by repeating the image's edges: networks trained on unpadded crops read a flat
-    # band of the mean colour as objects (docs/MODEL.md); letterbox keeps its canvas of zeros.
+    # native (and tiles, service.tiling) pad by repeating the image's edges: networks trained on
+    # unpadded crops read a flat band of the mean colour as objects (docs/MODEL.md); letterbox
+    # keeps its canvas of zeros.
     x = imaging.prepare(decoded.image, card.input, content, shape, edge=policy.resize == "native")
     return Prepared(decoded, x, content)
 

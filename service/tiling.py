@@ -80,14 +80,15 @@ class TileRun:
 def windows(
     image: Image.Image, positions: list[tuple[int, int]], tile: int, card: ModelCard
 ) -> list[np.ndarray]:
-    """The model inputs of the windows at ``positions`` (y, x); past the image's edge, zeros
-    (the mean colour; black for a uint8 input)."""
+    """The model inputs of the windows at ``positions`` (y, x); past the image's edge (an image
+    smaller than a window), its last column and row repeated, as ``native`` pads."""
     width, height = image.size
     return [
         imaging.normalized(
             np.asarray(image.crop((x, y, min(x + tile, width), min(y + tile, height)))),
             card.input,
             (tile, tile),
+            edge=True,
         )
         for y, x in positions
     ]

@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 
 from service import policies
+from service.imaging import prepare
 from service.model_card import InputSpec, ModelCard
 from service.pipeline import OutputFormat, prepare_input
+from service.tiling import windows
 from tests.images import encoded, png_declaring
 from tests.support import (
     Server,
@@ -323,3 +325,17 @@ def test_native_pads_with_the_image_s_edges_and_letterbox_with_zeros(
     np.testing.assert_array_equal(x.x[:, :h, w:], expected)
     expected = np.repeat(x.x[:, h - 1 : h], x.x.shape[1] - h, axis=1) if edge else 0
     np.testing.assert_array_equal(x.x[:, h:], expected)
+
+
+def test_a_window_past_the_image_s_edge_repeats_it() -> None:
+    spec = InputSpec(height=16, width=16, mean=(0.5, 0.5, 0.5), std=(1, 1, 1))
+    card = ModelCard.with_default_colors(["background", "thing"], name="pad", input=spec)
+    image = Image.fromarray(np.random.default_rng(8).integers(0, 256, (6, 10, 3), np.uint8))
+
+    (window,) = windows(image, [(0, 0)], 16, card)
+
+    np.testing.assert_array_equal(
+        window[:, :6, :10], prepare(image, spec.model_copy(update={"height": 6, "width": 10}))
+    )
+    np.testing.assert_array_equal(window[:, :6, 10:], np.repeat(window[:, :6, 9:10], 6, axis=2))
+    np.testing.assert_array_equal(window[:, 6:], np.repeat(window[:, 5:6], 10, axis=1))
