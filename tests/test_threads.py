@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import ModelVersion
+from service.core import Service
+from service.repository import ModelRepository, ModelVersion
 from service.runtime import load_model
 from service.settings import Settings
 from service.threads import WorkerThreads
@@ -67,3 +68,22 @@ def test_a_loaded_model_s_threads_onnx_runtime_s_included_are_lowered(tmp_path: 
         assert _nice(os.getpid()) == base
     finally:
         pool.close()
+
+
+def test_a_request_alone_runs_its_cpu_work_on_the_event_loop_others_on_the_workers() -> None:
+    service = Service(Settings(provider="cpu"), ModelRepository({}, None))
+
+    async def where() -> list[str]:
+        names = []
+        for requests in (1, 2, 0):  # 0: no request holds a lease (never inline)
+            service.admission.in_flight = requests
+            names.append(await service.run_cpu(lambda: threading.current_thread().name))
+        return names
+
+    try:
+        alone, shared, none = asyncio.run(where())
+    finally:
+        service.workers.shutdown()
+    assert alone == threading.current_thread().name
+    assert shared.startswith("cpu_")
+    assert none.startswith("cpu_")
