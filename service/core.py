@@ -151,7 +151,8 @@ class Service:
         """Run a request's decode/resize/encode work: on the worker threads, off the event loop,
         while other requests are in flight; right here for a request alone, which saves two
         thread hand-offs (~0.3 ms of a lone request's latency, docs/PERFORMANCE.md) and holds
-        up only a request that arrives meanwhile, for the rest of that one call."""
+        up only a request that arrives meanwhile, for the rest of that one call. Long work (a
+        tiled image's) goes to ``workers`` directly."""
         if self.admission.in_flight == 1:
             return fn(*args, **kwargs)
         return await self.workers.run(fn, *args, **kwargs)

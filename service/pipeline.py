@@ -169,7 +169,8 @@ async def _label_tiles(
     """The tiles policy: windows through the scores lane, blended band by band."""
     t0 = time.perf_counter()
     card, settings = served.card, service.settings
-    decoded = await service.run_cpu(decode_input, data, card, fmt, settings.max_pixels, policy)
+    # A tiled image is large: its calls always leave the event loop, even for a request alone.
+    decoded = await service.workers.run(decode_input, data, card, fmt, settings.max_pixels, policy)
     content = policies.content_size(policy, card.input, decoded.size)
     tiles = policies.tile_count(policy, content)
     if tiles > settings.max_tiles:
@@ -177,7 +178,7 @@ async def _label_tiles(
             f"the image needs {tiles} tiles of {policy.tile} px at scale {policy.scale}; the "
             f"limit is {settings.max_tiles} (lower scale, or raise tile)"
         )
-    image = await service.run_cpu(imaging.resized, decoded.image, content)
+    image = await service.workers.run(imaging.resized, decoded.image, content)
     lane = await served.lanes.get((policy.tile, policy.tile), scores=True)
     run = TileRun(service, served, lane, image, policy, deadline, client_gone)
     decode_s = time.perf_counter() - t0

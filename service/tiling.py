@@ -22,7 +22,9 @@ class TileRun:
     """One tiles request's windows, a batch-sized chunk at a time with two chunks in flight (one
     queued or running while the next is prepared): a request never holds more than two batches'
     places in the queue, so other requests' images and windows keep getting in. A chunk's windows
-    are blended as soon as it is back, so no window's scores outlive their chunk."""
+    are blended as soon as it is back, so no window's scores outlive their chunk. Its CPU work
+    always runs on the worker threads (``Service.workers``): it is long, so a request alone gains
+    nothing from running it on the event loop, which it would hold up."""
 
     def __init__(
         self,
@@ -50,7 +52,7 @@ class TileRun:
         try:
             for chunk in chunks:
                 card = self.served.card
-                inputs = await self.service.run_cpu(windows, self.image, chunk, self.tile, card)
+                inputs = await self.service.workers.run(windows, self.image, chunk, self.tile, card)
                 in_flight.append((chunk, enqueue_all(self.lane, inputs, self.deadline)))
                 if len(in_flight) == 2:
                     await self._collect(*in_flight.popleft())
@@ -59,7 +61,7 @@ class TileRun:
         finally:
             for _, queued in in_flight:  # a failure or a client gone: free their places
                 abandon(queued)
-        return await self.service.run_cpu(self.stitcher.finish)
+        return await self.service.workers.run(self.stitcher.finish)
 
     async def _collect(
         self, chunk: list[tuple[int, int]], queued: asyncio.Future[list[Completed]]
@@ -70,7 +72,7 @@ class TileRun:
         self.queue_s += max(item.queued_s for item in done)
         self.infer_s += max(item.run_s for item in done)
         scores = [item.value for item in done]
-        await self.service.run_cpu(self._blend, chunk, scores)
+        await self.service.workers.run(self._blend, chunk, scores)
 
     def _blend(self, chunk: list[tuple[int, int]], scores: list[np.ndarray]) -> None:
         for (y, x), window in zip(chunk, scores, strict=True):
