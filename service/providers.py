@@ -66,6 +66,11 @@ class GpuTarget:
     cache_dir: Path  # this version's engines
     profile: EngineProfile | None  # None: TensorRT derives one from the first batch
 
+    @classmethod
+    def of(cls, settings: Settings, gpu: GpuTarget | None) -> GpuTarget:
+        """``gpu``, or for a session that names none the cache folder itself, no profile."""
+        return gpu or cls(settings.trt_cache_dir, None)
+
 
 def engine_profile(
     input_name: str, spec: InputSpec, *, any_size: bool, max_batch: int
@@ -111,8 +116,7 @@ def plan_providers(
         if requested == "cuda":
             return [Attempt((cuda, CPU), CUDA, required=True)]
         # Nodes TensorRT cannot take run on CUDA, then CPU.
-        target = gpu or GpuTarget(settings.trt_cache_dir, None)
-        trt: ProviderSpec = (TENSORRT, tensorrt_options(settings, target))
+        trt: ProviderSpec = (TENSORRT, tensorrt_options(settings, GpuTarget.of(settings, gpu)))
         return [Attempt((trt, cuda, CPU), TENSORRT, required=True)]
     attempts = [Attempt((cuda, CPU), CUDA, required=False)] if CUDA in available else []
     return [*attempts, Attempt((CPU,), CPU, required=True)]

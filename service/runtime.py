@@ -58,8 +58,7 @@ def open_session(
     (``service.providers``); ``gpu``: the model version's TensorRT cache and profile."""
     ort.set_default_logger_severity(3)  # ORT's own (non-JSON) stderr lines: errors only
     if settings.provider == "tensorrt":
-        gpu = gpu or GpuTarget(settings.trt_cache_dir, None)
-        gpu.cache_dir.mkdir(parents=True, exist_ok=True)
+        GpuTarget.of(settings, gpu).cache_dir.mkdir(parents=True, exist_ok=True)
     attempts = plan_providers(
         settings, ort.get_available_providers() if available is None else available, gpu
     )
