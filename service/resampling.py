@@ -13,6 +13,7 @@ Bilinear with half-pixel centres is separable: each output row (column) blends t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,11 @@ class Taps:
     second_weight: np.ndarray  # float32, 1 - first_weight up to rounding
 
 
+@functools.lru_cache(maxsize=256)
 def linear_taps(n_in: int, n_out: int) -> Taps:
     """The taps of ``n_out`` pixels scaled from ``n_in``, with PyTorch's float32 arithmetic:
     source = max(0, n_in / n_out * (i + 0.5) - 0.5), first = floor(source), weight of the second
-    = source - first."""
+    = source - first. Computed once per pair (every batch of a shape scales alike): read-only."""
     scale = np.float32(n_in) / np.float32(n_out)
     # One rounding of scale * (i + 0.5) - 0.5, as PyTorch's x86 builds compute it (a fused
     # multiply-add): in float64 both the product of two float32 and the subtraction are exact.
@@ -41,9 +43,14 @@ def linear_taps(n_in: int, n_out: int) -> Taps:
     source = np.maximum((np.float64(scale) * centres - 0.5).astype(np.float32), np.float32(0))
     first = np.minimum(source.astype(np.int64), n_in - 1)
     second_weight = np.clip(source - first.astype(np.float32), 0, 1).astype(np.float32)
-    return Taps(
-        first, np.minimum(first + 1, n_in - 1), np.float32(1) - second_weight, second_weight
-    )
+    second = np.minimum(first + 1, n_in - 1)
+    return Taps(*_read_only(first, second, np.float32(1) - second_weight, second_weight))
+
+
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
 
 
 def scale_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -98,14 +105,13 @@ def scaled_argmax(scores: np.ndarray, labels: np.ndarray, size: tuple[int, int])
     """
     rows = linear_taps(labels.shape[1], size[0])
     cols = linear_taps(labels.shape[2], size[1])
-    row_blocks, col_blocks = _Blocks.of(rows), _Blocks.of(cols)
-    if row_blocks is None or col_blocks is None:
+    plan = _block_plan((labels.shape[1], labels.shape[2]), (size[0], size[1]))
+    if plan is None:
         return _scaled_argmax_by_pixel(scores, labels, rows, cols)
     out = labels.take(rows.first, axis=1).take(cols.first, axis=2)
-    frame = _frame(size, row_blocks, col_blocks)
     for image in range(len(out)):
-        _blend_blocks(scores[image], labels[image], out[image], row_blocks, col_blocks)
-        edge = _on_boundary(labels[image], frame, size[1], rows, cols)
+        _blend_blocks(scores[image], labels[image], out[image], plan.rows, plan.cols)
+        edge = _on_boundary(labels[image], plan.frame, size[1], rows, cols)
         _blend_boundary(scores[image], out[image], edge, rows, cols)
     return out
 
@@ -164,11 +170,25 @@ class _Blocks:
         return blocks if same else None
 
 
-def _frame(size: tuple[int, int], rows: _Blocks, cols: _Blocks) -> np.ndarray:
-    """Flat indices of the output pixels outside the blocks."""
+@dataclass(frozen=True, slots=True)
+class _BlockPlan:
+    rows: _Blocks
+    cols: _Blocks
+    frame: np.ndarray  # flat indices of the output pixels outside the blocks (read-only)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_plan(source: tuple[int, int], size: tuple[int, int]) -> _BlockPlan | None:
+    """The blocks of scaling (h, w) ``source`` to (H, W) ``size``, None unless both axes have
+    them; once per pair of shapes."""
+    rows = _Blocks.of(linear_taps(source[0], size[0]))
+    cols = _Blocks.of(linear_taps(source[1], size[1]))
+    if rows is None or cols is None:
+        return None
     outside = np.ones(size, bool)
     outside[rows.start : rows.stop, cols.start : cols.stop] = False
-    return np.flatnonzero(outside)
+    (frame,) = _read_only(np.flatnonzero(outside))
+    return _BlockPlan(rows, cols, frame)
 
 
 def _blend_blocks(
