@@ -3,8 +3,11 @@
     python -m bench.overload                              # ~3 minutes on 2 cores
     python -m bench.overload --server-set SEGSERVE_MAX_QUEUE_WAIT_MS=0   # admission off
 
-Capacity is the c=32 closed-loop throughput of the same server. Then Poisson arrivals at each
-share of it, each level in its own ``bench.loadtest`` process (raw client), and the targets:
+Capacity is the c=32 closed-loop throughput (and the lone request's p50, at c=1) of a server
+with the same settings but no admission budget: 32 clients that send again the moment they are
+refused measure a retry storm, not the server. Then, on a server with the budget, Poisson
+arrivals at each share of it, each level in its own ``bench.loadtest`` process (raw client),
+and the targets:
 
 - at 80 %: everything offered is served (within 2 %), p99 <= 10 x the c=1 p50;
 - at 150 % and 200 %: goodput (200s per second) >= 90 % of capacity, the accepted requests' p99
@@ -25,6 +28,7 @@ from bench.procstat import load_average
 from bench.server import (
     DEFAULT_MODEL,
     ROOT,
+    RunningServer,
     add_settings_option,
     run_loadtest,
     serve,
@@ -40,7 +44,9 @@ DEFAULT_SERVER = ("SEGSERVE_MAX_QUEUE_WAIT_MS=100",)
 @dataclass(frozen=True)
 class Level:
     share: float
-    offered_rps: float
+    offered_rps: float  # the nominal rate: the mean of the Poisson arrivals
+    sent: int  # requests the client actually sent in the measured window
+    served: int  # of them, answered 200
     goodput_rps: float
     refused_rps: float
     ok_p50_ms: float
@@ -78,17 +84,22 @@ def measure(args: argparse.Namespace) -> Measured:
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_dict(args.server_settings or list(DEFAULT_SERVER))
     run = ["--client=raw", f"--duration={args.duration}"]
+    variant = args.variant or None
+
+    def level(server: RunningServer, name: str, *extra: str) -> dict:
+        return run_loadtest(server.base_url, server.pid, out / f"{name}.json", *run, *extra)
+
+    unguarded = settings | {"SEGSERVE_MAX_QUEUE_WAIT_MS": "0"}
     with serve(
-        "segserve", args.model, out / "server.log", settings, variant=args.variant or None
+        "segserve", args.model, out / "server-capacity.log", unguarded, variant=variant
     ) as server:
-
-        def level(name: str, *extra: str) -> dict:
-            return run_loadtest(server.base_url, server.pid, out / f"{name}.json", *run, *extra)
-
-        capacity = level("closed-c32", "--concurrency=32")["throughput_rps"]
-        lone = level("closed-c1", "--concurrency=1")["latency_ms"]["p50"]
+        capacity = level(server, "closed-c32", "--concurrency=32")["throughput_rps"]
+        lone = level(server, "closed-c1", "--concurrency=1")["latency_ms"]["p50"]
+    with serve("segserve", args.model, out / "server.log", settings, variant=variant) as server:
         levels = [
-            _level(share, capacity, level(f"open-{share:g}", f"--rate={share * capacity:.1f}"))
+            _level(
+                share, capacity, level(server, f"open-{share:g}", f"--rate={share * capacity:.1f}")
+            )
             for share in SHARES
         ]
     return Measured(capacity, lone, levels)
@@ -101,6 +112,8 @@ def _level(share: float, capacity: float, result: dict) -> Level:
     return Level(
         share=share,
         offered_rps=share * capacity,
+        sent=result["requests"],
+        served=result["status_counts"].get("200", 0),
         goodput_rps=result["throughput_rps"],
         refused_rps=refused / wall if wall else 0.0,
         ok_p50_ms=by_status.get("200", {}).get("p50", float("nan")),
@@ -113,11 +126,14 @@ def judge(m: Measured) -> list[Verdict]:
     by_share = {level.share: level for level in m.levels}
     at80 = by_share[0.8]
     verdicts = [
+        # Judged on the requests sent, not the nominal rate: in 8 s at ~400 req/s the Poisson
+        # count alone differs from the mean by 1.7 % (one standard deviation).
         Verdict(
             "80 %: offered load served",
-            f"{at80.goodput_rps:.1f} of {at80.offered_rps:.1f} req/s",
+            f"{at80.served} of {at80.sent} requests ({at80.goodput_rps:.1f} req/s, "
+            f"{at80.offered_rps:.1f} nominal)",
             "within 2 %",
-            at80.goodput_rps >= 0.98 * at80.offered_rps,
+            at80.served >= 0.98 * at80.sent,
         ),
         Verdict(
             "80 %: p99 vs c=1 p50",

@@ -70,6 +70,41 @@ def test_a_backlog_past_the_budget_is_refused_with_retry_after() -> None:
     assert "limit 250 ms" in refused.value.detail
 
 
+def test_windows_slowed_by_other_work_keep_the_best_recent_rate() -> None:
+    """Refusals and other work on the cores slow a window down; the estimate must not follow,
+    or clients that retry at once would drive it, and the goodput, ever lower."""
+    clock = Clock()
+    admission = Admission(max_wait_s=0.1, clock=clock)
+    served_in_parallel(admission, clock, 100, 0.005)  # 0.5 s at 200 per busy second
+    served_in_parallel(admission, clock, 60, 0.01)  # 0.6 s at 100 per busy second
+    assert admission.capacity_per_s == pytest.approx(200, rel=0.05)
+    for _ in range(19):  # 19 ahead: ~95 ms at 200/s (190 ms at the slowed pace)
+        admission.enter()
+    admission.check()
+
+
+def test_a_slower_workload_replaces_the_estimate_within_two_seconds_of_busy_time() -> None:
+    clock = Clock()
+    admission = Admission(max_wait_s=0.1, clock=clock)
+    served_in_parallel(admission, clock, 100, 0.005)
+    served_in_parallel(admission, clock, 260, 0.01)  # 2.6 s at 100 per busy second
+    assert admission.capacity_per_s == pytest.approx(100, rel=0.05)
+
+
+def test_a_long_request_is_timed_from_its_start_not_from_the_window_it_ends_in() -> None:
+    clock = Clock()
+    admission = Admission(max_wait_s=0.1, clock=clock)
+    admission.enter()  # a 1 s request
+    clock.now += 0.99
+    admission.enter()  # a short one near its end: the window closes with nothing finished
+    for _ in range(2):
+        clock.now += 0.01
+        admission.leave()
+    clock.now += 0.3
+    admission.enter()  # closes the next window: 2 requests in 1.01 busy seconds, not 0.02
+    assert admission.capacity_per_s == pytest.approx(2 / 1.01)
+
+
 def test_no_budget_admits_everything() -> None:
     clock = Clock()
     admission = Admission(max_wait_s=0, clock=clock)

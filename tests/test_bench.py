@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import offline, procstat, sections, sweep
+from bench import offline, overload, procstat, sections, sweep
 from bench.images import jpeg_bytes, sample_jpeg
 from bench.loadtest import LoadSpec, check_answer, require_loopback, run
 from bench.server import serve
@@ -270,3 +270,52 @@ def test_variant_serves_with_its_lever_flipped(tiny_model: Path, tmp_path: Path)
         )
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/png"
+
+
+def test_overload_measures_capacity_without_the_budget_and_the_levels_with_it(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A budget of 1 ms refuses whenever two requests overlap: the closed loop that measures
+    capacity must not see it (its clients would send each refusal again at once), the open-loop
+    levels must."""
+    args = overload.parse(
+        [
+            f"--model={tiny_model}",
+            f"--out={tmp_path}",
+            "--duration=0.5",
+            "--server-set=SEGSERVE_MAX_QUEUE_WAIT_MS=1",
+        ]
+    )
+    measured = overload.measure(args)
+    capacity_run = json.loads((tmp_path / "closed-c32.json").read_text())
+    assert capacity_run["status_counts"].keys() == {"200"}
+    assert measured.capacity_rps == pytest.approx(capacity_run["throughput_rps"])
+    assert [level.share for level in measured.levels] == list(overload.SHARES)
+    assert sum(level.refused_rps for level in measured.levels) > 0
+    for level in measured.levels:
+        assert 0 < level.served <= level.sent
+
+
+def test_overload_judges_the_requests_sent_not_the_nominal_rate() -> None:
+    def measured(served_at_80: int) -> overload.Measured:
+        levels = [
+            overload.Level(
+                share,
+                100.0 * share,
+                780,
+                served_at_80 if share == 0.8 else 780,
+                97.5 * share,
+                0.0,
+                10.0,
+                20.0,
+                None,
+            )
+            for share in overload.SHARES
+        ]
+        return overload.Measured(capacity_rps=100.0, lone_p50_ms=3.0, levels=levels)
+
+    # 780 requests sent in 8 s at a nominal 80 req/s: 2.5 % fewer arrivals than the mean
+    served = {v.name: v.met for v in overload.judge(measured(780))}
+    assert served["80 %: offered load served"]
+    short = {v.name: v.met for v in overload.judge(measured(760))}
+    assert not short["80 %: offered load served"]
