@@ -3,6 +3,7 @@
     python -m bench.variant --ort-config session.intra_op.allow_spinning=0
     python -m bench.variant --loop asyncio --http h11
     python -m bench.variant --switch-interval 1     # the interpreter's GIL switch interval, ms
+    python -m bench.variant --gc-off                # no cyclic garbage collection (what it costs)
 
 Only for measurement: it patches this process's view of ``service.runtime.session_options`` or
 uvicorn's loop/protocol choice, then runs the unchanged ``service.__main__.main``. A lever that
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import sys
 
 import onnxruntime as ort
@@ -51,7 +53,12 @@ def main() -> int:
     parser.add_argument(
         "--switch-interval", type=float, help="sys.setswitchinterval, in ms (Python's: 5)"
     )
+    parser.add_argument(
+        "--gc-off", action="store_true", help="gc.disable(): cycles leak, for short runs only"
+    )
     args = parser.parse_args()
+    if args.gc_off:
+        gc.disable()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval / 1000)
 

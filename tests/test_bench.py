@@ -260,7 +260,7 @@ def test_edge_times_the_http_layer_around_a_stand_in_pipeline() -> None:
 
 
 def test_variant_serves_with_its_lever_flipped(tiny_model: Path, tmp_path: Path) -> None:
-    flags = ["--loop", "asyncio", "--http", "h11", "--switch-interval", "1"]
+    flags = ["--loop", "asyncio", "--http", "h11", "--switch-interval", "1", "--gc-off"]
     with serve("segserve", tiny_model, tmp_path / "variant.log", variant=flags) as server:
         answer = httpx.post(
             f"{server.base_url}/segment",
