@@ -100,6 +100,11 @@ class LoadResult:
     server_cpu_ms_per_request: float | None = None
     server_rss_mb: dict[str, float] = field(default_factory=dict)
     load_average: str = ""
+    # Open loop: how late the client itself sent each request after its scheduled time (timer
+    # resolution and its own wait for a core), which every latency above includes; and the
+    # latencies by status timed from the actual send instead, without it.
+    send_lateness_ms: dict[str, float] = field(default_factory=dict)
+    latency_from_send_by_status_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def markdown_row(self, label: str = "") -> str:
         lat = self.latency_ms
@@ -140,7 +145,11 @@ class _Recorder:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.latencies: list[float] = []
+        self.lateness: list[float] = []
         self.latencies_by_status: collections.defaultdict[str, list[float]] = (
+            collections.defaultdict(list)
+        )
+        self.from_send_by_status: collections.defaultdict[str, list[float]] = (
             collections.defaultdict(list)
         )
         self.statuses: collections.Counter[str] = collections.Counter()
@@ -151,10 +160,12 @@ class _Recorder:
         self._successes = 0
         self._rng = random.Random(spec.seed)
 
-    def record(self, scheduled: float, status: str, body: bytes | None) -> None:
+    def record(self, scheduled: float, sent: float, status: str, body: bytes | None) -> None:
         now = time.perf_counter()
+        self.lateness.append(sent - scheduled)
         self.latencies.append(now - scheduled)
         self.latencies_by_status[status].append(now - scheduled)
+        self.from_send_by_status[status].append(now - sent)
         self.statuses[status] += 1
         self.completed += 1
         self.last_done = now
@@ -193,9 +204,10 @@ def request_body(spec: LoadSpec) -> tuple[bytes, dict[str, str]]:
 
 
 async def _send(transport: Transport, scheduled: float, recorder: _Recorder | None) -> None:
+    sent = time.perf_counter()
     status, body = await transport.post()
     if recorder is not None:
-        recorder.record(scheduled, status, body if status == "200" else None)
+        recorder.record(scheduled, sent, status, body if status == "200" else None)
 
 
 async def _closed_loop(
@@ -231,7 +243,7 @@ async def _open_loop(
         if len(in_flight) >= MAX_IN_FLIGHT_OPEN_LOOP:
             # The server fell so far behind that the client would only measure its own backlog.
             if measured:
-                recorder.record(scheduled, "client_backlog", None)
+                recorder.record(scheduled, scheduled, "client_backlog", None)
             continue
         task = asyncio.create_task(_send(transport, scheduled, recorder if measured else None))
         in_flight.add(task)
@@ -368,6 +380,11 @@ async def _run(spec: LoadSpec) -> LoadResult:
         client=spec.client,
         client_cpu_ms_per_request=1000.0 * client_cpu / max(1, recorder.completed),
         load_average=str(procstat.load_average()),
+        send_lateness_ms=_percentiles(np.asarray(recorder.lateness) * 1000.0),
+        latency_from_send_by_status_ms={
+            status: _percentiles(np.asarray(times) * 1000.0)
+            for status, times in recorder.from_send_by_status.items()
+        },
     )
     if server_cpu is not None and spec.server_pid and rss0 is not None:
         result.server_cpu_cores = server_cpu / wall if wall > 0 else 0.0

@@ -157,6 +157,13 @@ def test_loadtest_closed_and_open_loop(
     assert closed.server_cpu_cores is not None
     assert closed.server_cpu_cores > 0
     assert (opened.mode, opened.ok, opened.check_failures) == ("open", 16, [])
+    # Timed from the actual send, a request takes no longer than from its scheduled time.
+    late, from_send = opened.send_lateness_ms, opened.latency_from_send_by_status_ms["200"]
+    assert 0 <= late["p50"] <= late["max"]
+    assert from_send["max"] <= opened.latency_by_status_ms["200"]["max"]
+    assert from_send["mean"] == pytest.approx(
+        opened.latency_by_status_ms["200"]["mean"] - late["mean"], abs=1e-6
+    )
 
 
 def test_sweep_draws_latency_against_throughput(tiny_model: Path, tmp_path: Path) -> None:
