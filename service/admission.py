@@ -11,9 +11,9 @@ request again at once make the event loop refuse more, the workers finish less, 
 estimate refuses still more, and the server settles at a fraction of its goodput
 (docs/PERFORMANCE.md). Holding the best recent rate keeps one slow window from starting that;
 a workload that is really slower replaces it within 2 s of busy time. A budget below the wait
-such clients make on their own (32 of them here: ~60 ms) still ends there: the budget is for
-clients that back off when told. A refusal costs no decode and no queue place (it comes before
-the body is read) and says when to come back (``Retry-After``).
+such clients make on their own (32 of them on a 2-core machine: ~60 ms) still ends there: the
+budget is for clients that back off when told. A refusal costs no decode and no queue place (it
+comes before the body is read) and says when to come back (``Retry-After``).
 
     admission = Admission(max_wait_s=0.25)
     admission.check()        # Overloaded when the expected wait is over the budget
