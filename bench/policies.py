@@ -9,7 +9,9 @@
    request to a fresh server (the first's growth, reported beside it, includes what stays set
    up for every later one: ONNX Runtime's memory arena for the window batches);
 3. a lone 640x480 request to ``--model`` under its card's policy: p50 <= 2.5 x a lone request
-   to ``--today`` (the model it replaces) under that one's.
+   to ``--today`` (the model it replaces) under that one's;
+plus, as a figure, ``--model`` under its card's policy (``native`` for the bundled default) at
+concurrency 32 against its own in-process limit (``bench.offline`` at that policy).
 
 Servers run as subprocesses on 127.0.0.1 and are stopped by PID; the load runs in its own
 process (``bench.loadtest``, raw client).
@@ -47,6 +49,8 @@ class Measured:
     rss_bytes: list[tuple[int, int]]  # (idle, peak) over the first and the second large request
     lone_default: dict  # bench.loadtest c=1, --model under its card's policy
     lone_today: dict  # the same, --today
+    offline_own: dict  # bench.offline, --model under its card's policy, 640x480
+    served_own: dict  # bench.loadtest c=32, the same
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,12 +84,20 @@ def measure(args: argparse.Namespace) -> Measured:
             *(f"--query={q}" for q in tiles),
         )  # fmt: skip
     rss = _one_request_peak(args.model, out, tiles)
-    lone = ["--concurrency=1", f"--duration={args.duration}", "--client=raw"]
+    offline_own = run_offline(args.model, out / "offline-own.json", [], "--batch-sizes=1,4,8")
+    level = [f"--duration={args.duration}", "--client=raw"]
     with serve("segserve", args.model, out / "server-lone.log") as server:
-        lone_default = run_loadtest(server.base_url, server.pid, out / "lone-model.json", *lone)
+        lone_default = run_loadtest(
+            server.base_url, server.pid, out / "lone-model.json", "--concurrency=1", *level
+        )
+        served_own = run_loadtest(
+            server.base_url, server.pid, out / "served-own-c32.json", "--concurrency=32", *level
+        )
     with serve("segserve", args.today, out / "server-today.log") as server:
-        lone_today = run_loadtest(server.base_url, server.pid, out / "lone-today.json", *lone)
-    return Measured(offline, served, rss, lone_default, lone_today)
+        lone_today = run_loadtest(
+            server.base_url, server.pid, out / "lone-today.json", "--concurrency=1", *level
+        )
+    return Measured(offline, served, rss, lone_default, lone_today, offline_own, served_own)
 
 
 def _one_request_peak(model: Path, out: Path, tiles: list[str]) -> list[tuple[int, int]]:
@@ -145,11 +157,22 @@ def judge(m: Measured) -> list[Verdict]:
     ]
 
 
+def own_policy_line(m: Measured) -> str:
+    """The model under its card's policy at c=32 against its in-process limit (a figure)."""
+    limit, rate = m.offline_own["limit_images_per_s"], m.served_own["throughput_rps"]
+    return (
+        f"The model under its card's policy, 640x480 at c=32: {rate:.1f} req/s = "
+        f"{rate / limit:.2f} x its in-process limit ({limit:.1f} img/s at batch "
+        f"{m.offline_own['limit_batch_size']}), p50 {m.served_own['latency_ms']['p50']:.1f} ms."
+    )
+
+
 def render(m: Measured, verdicts: list[Verdict], out: Path) -> None:
     table = "\n".join(
         ["| target | measured | bound | verdict |", "|---|---|---|---|"]
         + [v.row() for v in verdicts]
     )
+    table += "\n\n" + own_policy_line(m)
     print(table)
     (out / "policies.md").write_text(table + "\n")
     (out / "policies.json").write_text(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import offline, overload, procstat, sections, sweep
+from bench import offline, overload, policies, procstat, sections, sweep
 from bench.images import jpeg_bytes, sample_jpeg
 from bench.loadtest import LoadSpec, check_answer, require_loopback, run
 from bench.server import serve
@@ -326,3 +326,14 @@ def test_overload_judges_the_requests_sent_not_the_nominal_rate() -> None:
     assert served["80 %: offered load served"]
     short = {v.name: v.met for v in overload.judge(measured(760))}
     assert not short["80 %: offered load served"]
+
+
+def test_policies_reports_the_model_under_its_own_policy_against_its_in_process_limit() -> None:
+    measured = policies.Measured(
+        offline={}, served={}, rss_bytes=[], lone_default={}, lone_today={},
+        offline_own={"limit_images_per_s": 200.0, "limit_batch_size": 4},
+        served_own={"throughput_rps": 180.0, "latency_ms": {"p50": 150.0}},
+    )  # fmt: skip
+    line = policies.own_policy_line(measured)
+    assert "180.0 req/s = 0.90 x its in-process limit (200.0 img/s at batch 4)" in line
+    assert "p50 150.0 ms" in line
