@@ -205,7 +205,9 @@ def normalized(
     if spec.dtype == "uint8":
         pixel_input = fresh((3, *shape), dtype=np.uint8)
         pixel_input[:, :height, :width] = pixels.transpose(2, 0, 1)
-        return _repeat_edges(pixel_input, height, width) if edge else pixel_input
+        if edge:
+            _repeat_edges(pixel_input, height, width)
+        return pixel_input
     out = fresh((3, *shape), dtype=np.float32)
     region = out if whole else out[:, :height, :width]
     scale, offset = _affine(spec)
@@ -218,12 +220,11 @@ def normalized(
     return out if spec.dtype == "float32" else out.astype(spec.dtype)
 
 
-def _repeat_edges(x: np.ndarray, height: int, width: int) -> np.ndarray:
+def _repeat_edges(x: np.ndarray, height: int, width: int) -> None:
     """Fill (C, H, W) ``x`` beyond its top-left (height, width) with that part's last column,
-    then its last row (so the corner gets the last pixel)."""
+    then its last row (so the corner gets the last pixel), in place."""
     x[:, :height, width:] = x[:, :height, width - 1 : width]
     x[:, height:, :] = x[:, height - 1 : height, :]
-    return x
 
 
 def _affine(spec: model_card.InputSpec) -> tuple[np.ndarray, np.ndarray]:
