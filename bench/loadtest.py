@@ -234,8 +234,9 @@ async def _open_loop(
     scheduled = time.perf_counter()
     while True:
         scheduled += rng.expovariate(spec.rate)
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
+        # uvloop's timers count whole milliseconds and can fire up to one early: sleep again
+        # until the scheduled time, so no request leaves before it (latency runs from there).
+        while (delay := scheduled - time.perf_counter()) > 0:  # noqa: ASYNC110 (a time, no event)
             await asyncio.sleep(delay)
         measured = scheduled >= window.start
         if measured and not window.admit():
