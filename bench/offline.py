@@ -13,6 +13,10 @@ batch size (the batcher's ``max_batch_size``):
   latency a server cannot beat. Under another input policy than stretch (``--resize``), a lone
   ``segment`` call's own stage times instead (decode + prepare, encode, and everything between
   as "infer": for tiles, the windows' preparation, inference and blending);
+- *lone p50* (batch 1 only): the median wall time of ``segment`` called one image at a time,
+  as a front door calls it for a request alone (leased, so its CPU work stays on the calling
+  thread): what a client at concurrency 1 would see without HTTP, in the same statistic as the
+  server's p50;
 - *images/s*: ``segment`` called by enough concurrent callers to keep every stage busy (three
   batches in flight: one decoding, one inferring, one encoding), as the ideal client of a server
   would. The best over batch sizes is the offline limit the HTTP service is compared with.
@@ -56,6 +60,7 @@ from service.settings import Settings
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 PNG = SegmentOptions(OutputFormat.png)  # what the load tests ask for
 IN_FLIGHT_BATCHES = 3
+LONE_CALLS_PER_REPEAT = 10  # the lone p50 takes 10 x --repeat calls (200 by default, ~0.6 s)
 
 T = TypeVar("T")
 
@@ -79,6 +84,7 @@ class BatchResult:
     images_per_s: float  # segment() called concurrently
     cpu_ms_per_image: float  # process CPU (all threads) per image in that run
     windows_per_image: int  # model inputs per image: 1, or the windows of the tiles policy
+    lone_p50_ms: float | None  # batch 1: segment() one image at a time, median wall time
 
 
 def served_alone(model: Path) -> ModelRepository:
@@ -155,6 +161,20 @@ async def policy_stage_ms(
     return StageMs(decode_ms, 0.0, wall_ms - decode_ms - encode_ms, encode_ms)
 
 
+async def lone_p50_ms(
+    service: Service, served: ServedModel, data: bytes, options: SegmentOptions, repeat: int
+) -> float:
+    """The median wall time of ``repeat`` ``segment`` calls one after another, each leased as a
+    front door leases a request (a request alone runs its CPU work on the calling thread)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with service.lease(served.ref.name, served.ref.version):
+            await pipeline.segment(service, served, data, options, deadline=time.monotonic() + 60)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
 def windows_per_image(served: ServedModel, data: bytes, policy: policies.Policy) -> int:
     if policy.resize != "tiles":
         return 1
@@ -207,13 +227,16 @@ async def measure_batch(
             stages = await stage_ms(service, served, data, batch_size, repeat)
         else:
             stages = await policy_stage_ms(service, served, data, options, repeat)
+        lone = None
+        if batch_size == 1:
+            lone = await lone_p50_ms(service, served, data, options, LONE_CALLS_PER_REPEAT * repeat)
         if barrier is not None:
             await asyncio.to_thread(barrier.wait)
         windows = windows_per_image(served, data, policy)
         rate, cpu_ms = await throughput(service, served, data, seconds, options, windows)
     finally:
         await service.close()
-    return BatchResult(batch_size, stages, rate, cpu_ms, windows)
+    return BatchResult(batch_size, stages, rate, cpu_ms, windows, lone)
 
 
 def run(
@@ -256,6 +279,7 @@ def run(
         "limit_images_per_s": best.images_per_s,
         "limit_batch_size": best.batch_size,
         "single_image_ms": single.stage_ms.total if single else None,
+        "single_image_p50_ms": single.lone_p50_ms if single else None,
         "load_average": str(load_average()),
         "batches": [asdict(r) | {"stage_total_ms": r.stage_ms.total} for r in results],
     }
@@ -297,7 +321,7 @@ def summary(result: dict) -> str:
     )
     line = f"offline limit: {limit:.1f} img/s at batch {result['limit_batch_size']}"
     if single is not None:
-        line += f"; single image {single:.2f} ms"
+        line += f"; single image {single:.2f} ms (lone p50 {result['single_image_p50_ms']:.2f} ms)"
     if windows > 1:
         line += f"; {windows} windows/image, {windows * limit:.1f} windows/s"
     return line

@@ -86,6 +86,9 @@ def test_offline_runs_the_service_pipeline(tiny_model: Path) -> None:
     stages = result["batches"][0]["stage_ms"]
     assert all(stages[k] > 0 for k in ("decode", "prepare", "infer", "encode"))
     assert result["single_image_ms"] == pytest.approx(sum(stages.values()))
+    # One whole call at a time decodes, infers and encodes: never less than its decode alone.
+    assert result["single_image_p50_ms"] >= stages["decode"]
+    assert result["batches"][1]["lone_p50_ms"] is None  # measured at batch 1 only
     assert result["threads"]["worker_threads"] >= 1
 
 
@@ -220,7 +223,12 @@ def test_like_for_like_takes_the_offline_cpu_at_the_servers_batch_size() -> None
         {"batch_size": 8, "images_per_s": 450.0, "cpu_ms_per_image": 3.0},
         {"batch_size": 16, "images_per_s": 500.0, "cpu_ms_per_image": 2.9},
     ]
-    in_process = {"limit_images_per_s": 500.0, "single_image_ms": 2.0, "batches": batches}
+    in_process = {
+        "limit_images_per_s": 500.0,
+        "single_image_ms": 2.0,
+        "single_image_p50_ms": 2.5,
+        "batches": batches,
+    }
     c32 = {"server_cpu_ms_per_request": 3.2, "throughput_rps": 450.0}
     c1 = {"latency_ms": {"p50": 2.6}}
     same = like_for_like(c32, c1, in_process, batch_size=8)
@@ -228,6 +236,7 @@ def test_like_for_like_takes_the_offline_cpu_at_the_servers_batch_size() -> None
     assert same["cpu_ratio"] == pytest.approx(3.0 / 3.2)
     assert same["throughput_ratio"] == pytest.approx(0.9)
     assert same["c1_ratio"] == pytest.approx(1.3)
+    assert same["c1_ratio_to_lone_p50"] == pytest.approx(2.6 / 2.5)
     # A batch size the offline run did not measure: its best batch instead.
     assert like_for_like(c32, c1, in_process, batch_size=4)["offline_batch_size"] == 16
 
