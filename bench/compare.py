@@ -40,6 +40,7 @@ LEVERS = (
     Config("batch-eager-off", {"SEGSERVE_BATCH_EAGER": "false"}),  # always wait out the delay
     Config("batch-delay-0", {"SEGSERVE_MAX_BATCH_DELAY_MS": "0"}),
     Config("no-batching", {"SEGSERVE_MAX_BATCH_SIZE": "1"}),
+    Config("batch-16", {"SEGSERVE_MAX_BATCH_SIZE": "16"}),  # a burst in fewer batches
     Config("intra-op-1", {"SEGSERVE_INTRA_OP_THREADS": "1"}),
     Config("intra-op-2", {"SEGSERVE_INTRA_OP_THREADS": "2"}),
     Config("spinning-on", {"SEGSERVE_INTRA_OP_SPINNING": "true"}),  # ORT's own default
