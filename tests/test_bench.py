@@ -288,6 +288,16 @@ def test_variant_serves_with_its_lever_flipped(tiny_model: Path, tmp_path: Path)
     assert answer.headers["content-type"] == "image/png"
 
 
+def test_overload_keeps_its_budget_under_other_server_settings() -> None:
+    layout = overload.parse(["--server-set=SEGSERVE_PROCESSES=2"])
+    assert overload.server_settings(layout) == {
+        "SEGSERVE_MAX_QUEUE_WAIT_MS": "100",
+        "SEGSERVE_PROCESSES": "2",
+    }
+    off = overload.parse(["--server-set=SEGSERVE_MAX_QUEUE_WAIT_MS=0"])
+    assert overload.server_settings(off) == {"SEGSERVE_MAX_QUEUE_WAIT_MS": "0"}
+
+
 def test_overload_measures_capacity_without_the_budget_and_the_levels_with_it(
     tiny_model: Path, tmp_path: Path
 ) -> None:
