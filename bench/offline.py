@@ -37,8 +37,9 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -217,6 +218,7 @@ async def measure_batch(
     repeat: int,
     options: SegmentOptions,
     barrier: Barrier | None,
+    measure_lone: bool,
 ) -> BatchResult:
     """One batch size on a fresh core whose batchers form batches of up to ``batch_size``."""
     settings = Settings().model_copy(update={"max_batch_size": batch_size})
@@ -228,7 +230,7 @@ async def measure_batch(
         else:
             stages = await policy_stage_ms(service, served, data, options, repeat)
         lone = None
-        if batch_size == 1:
+        if batch_size == 1 and measure_lone:
             lone = await lone_p50_ms(service, served, data, options, LONE_CALLS_PER_REPEAT * repeat)
         if barrier is not None:
             await asyncio.to_thread(barrier.wait)
@@ -247,13 +249,15 @@ def run(
     repeat: int,
     options: SegmentOptions = PNG,
     start_together: Barrier | None = None,
+    *,
+    measure_lone: bool = True,
 ) -> dict:
     settings = Settings()
     data = sample_jpeg(image)
     results: list[BatchResult] = []
     for b in batch_sizes:
         result = asyncio.run(
-            measure_batch(model, data, b, seconds, repeat, options, start_together)
+            measure_batch(model, data, b, seconds, repeat, options, start_together, measure_lone)
         )
         results.append(result)
         stage_text = " ".join(f"{k} {v:.2f}" for k, v in asdict(result.stage_ms).items())
@@ -286,18 +290,23 @@ def run(
 
 
 def run_processes(processes: int, *args: Any) -> dict:
-    """``run`` in ``processes`` processes at once; images/s summed, CPU ms/image averaged."""
+    """``run`` in ``processes`` processes at once; images/s summed, CPU ms/image averaged. The
+    lone p50 is the first process's alone: the others skip it and wait at the barrier, so a
+    lone request is timed as a server's, with the other processes idle."""
     spawn = multiprocessing.get_context("spawn")
     barrier = spawn.Barrier(processes)  # shared by inheritance: passed when each starts
     answers: multiprocessing.SimpleQueue[dict] = spawn.SimpleQueue()
     workers = [
-        spawn.Process(target=_run_into, args=(answers, *args, barrier)) for _ in range(processes)
+        spawn.Process(target=_run_into, args=(answers, i == 0, *args, barrier))
+        for i in range(processes)
     ]
     for worker in workers:
         worker.start()
-    results = [answers.get() for _ in workers]
+    results = _answers(answers, workers)
     for worker in workers:
         worker.join()
+    # The process that timed the lone p50 (answers arrive in the order processes finish).
+    results.sort(key=lambda r: r["single_image_p50_ms"] is None)
     combined = results[0] | {"processes": processes}
     for i, batch in enumerate(combined["batches"]):
         rows = [r["batches"][i] for r in results]
@@ -309,8 +318,26 @@ def run_processes(processes: int, *args: Any) -> dict:
     return combined
 
 
-def _run_into(answers: multiprocessing.SimpleQueue[dict], *args: Any) -> None:
-    answers.put(run(*args))
+def _answers(
+    answers: multiprocessing.SimpleQueue[dict], workers: Sequence[BaseProcess]
+) -> list[dict]:
+    """Every worker's answer; a worker that dies first (its traceback is on stderr) stops the
+    others and raises, where waiting on the queue would wait for ever."""
+    results: list[dict] = []
+    while len(results) < len(workers):
+        if not answers.empty():
+            results.append(answers.get())
+        elif any(worker.exitcode not in (None, 0) for worker in workers):
+            for worker in workers:
+                worker.terminate()
+            raise RuntimeError("an offline process failed (its traceback is above)")
+        else:
+            time.sleep(0.05)
+    return results
+
+
+def _run_into(answers: multiprocessing.SimpleQueue[dict], measure_lone: bool, *args: Any) -> None:
+    answers.put(run(*args, measure_lone=measure_lone))
 
 
 def summary(result: dict) -> str:

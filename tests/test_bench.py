@@ -92,6 +92,19 @@ def test_offline_runs_the_service_pipeline(tiny_model: Path) -> None:
     assert result["threads"]["worker_threads"] >= 1
 
 
+def test_offline_in_processes_sums_them_and_times_the_lone_request_in_one(
+    tiny_model: Path,
+) -> None:
+    result = offline.run_processes(2, tiny_model, "small", [1, 2], 0.2, 1, offline.PNG)
+    assert result["processes"] == 2
+    assert result["single_image_p50_ms"] is not None
+    assert result["batches"][0]["lone_p50_ms"] == result["single_image_p50_ms"]
+    assert result["limit_images_per_s"] == max(b["images_per_s"] for b in result["batches"])
+    # A process that fails stops the run with an error instead of leaving it waiting.
+    with pytest.raises(RuntimeError, match="offline process failed"):
+        offline.run_processes(2, tiny_model, "small", [1], 0.2, 1, "not options")
+
+
 def test_offline_pipeline_gives_the_models_answer(tiny_model: Path) -> None:
     # The tiny model calls pure red "red" (class 1): the encoded mask must say so everywhere.
     from service import pipeline
