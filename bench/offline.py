@@ -230,8 +230,14 @@ async def measure_batch(
         else:
             stages = await policy_stage_ms(service, served, data, options, repeat)
         lone = None
-        if batch_size == 1 and measure_lone:
-            lone = await lone_p50_ms(service, served, data, options, LONE_CALLS_PER_REPEAT * repeat)
+        if batch_size == 1:
+            # Every process done with its stage timings: the lone requests run on a machine
+            # otherwise idle, as a server's would.
+            if barrier is not None:
+                await asyncio.to_thread(barrier.wait)
+            if measure_lone:
+                calls = LONE_CALLS_PER_REPEAT * repeat
+                lone = await lone_p50_ms(service, served, data, options, calls)
         if barrier is not None:
             await asyncio.to_thread(barrier.wait)
         windows = windows_per_image(served, data, policy)
@@ -291,8 +297,8 @@ def run(
 
 def run_processes(processes: int, *args: Any) -> dict:
     """``run`` in ``processes`` processes at once; images/s summed, CPU ms/image averaged. The
-    lone p50 is the first process's alone: the others skip it and wait at the barrier, so a
-    lone request is timed as a server's, with the other processes idle."""
+    lone p50 is the first process's alone, once every process has timed its stages: the others
+    wait at the barrier meanwhile, so a lone request is timed as a server's, the rest idle."""
     spawn = multiprocessing.get_context("spawn")
     barrier = spawn.Barrier(processes)  # shared by inheritance: passed when each starts
     answers: multiprocessing.SimpleQueue[dict] = spawn.SimpleQueue()
