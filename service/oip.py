@@ -25,8 +25,9 @@ from service.protocol import disconnected, read_body
 
 router = APIRouter(prefix="/v2", include_in_schema=False)  # the protocol's own spec documents it
 
-# Really supported: binary tensor data, and GET .../config (Triton's model configuration).
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+# Really supported: binary tensor data, GET .../config (Triton's model configuration) and
+# /v2/repository (Triton's model repository: ``service.repository_api``).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
 
 # -- health and metadata ------------------------------------------------------------------------
@@ -161,10 +162,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 
 
 def _binary_outputs(parsed: oip_wire.Request) -> dict[str, bool]:
-    """Output name -> whether it goes as binary data. No ``outputs``: all of them (``png``
-    only when binary: a PNG is not text, so a JSON answer cannot carry it)."""
+    """Output name -> whether it goes as binary data. No ``outputs`` (or an empty list, as
+    gRPC reads one): all of them (``png`` only when binary: a PNG is not text, so a JSON
+    answer cannot carry it)."""
     default_binary = parsed.parameters.get("binary_data_output") is True
-    if parsed.outputs is None:
+    if not parsed.outputs:
         return {n: default_binary for n in OUTPUTS if default_binary or n != "png"}
     oip_infer.check_outputs([out.name for out in parsed.outputs])
     wanted: dict[str, bool] = {}

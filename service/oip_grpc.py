@@ -49,7 +49,7 @@ from service.settings import Settings
 log = logging.getLogger("segserve.grpc")
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-EXTENSIONS: list[str] = []  # binary_tensor_data and model_configuration are REST's
+EXTENSIONS: list[str] = []  # binary tensor data, model configuration and repository are REST's
 # The gRPC status of each HTTP status a ServiceError carries (as Triton and KServe map theirs).
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -254,7 +254,7 @@ def _answering(handler: Handler, keys: ApiKeys | None) -> Handler:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Message:
         try:
             if keys is not None:
-                _check_key(keys, context)
+                _check_key(keys, context, handler.__name__)
             return await handler(request, context)
         except ServiceError as exc:
             await _abort(context, CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.detail)
@@ -269,11 +269,18 @@ def _answering(handler: Handler, keys: ApiKeys | None) -> Handler:
     return call
 
 
-def _check_key(keys: ApiKeys, context: grpc.aio.ServicerContext) -> None:
+def _check_key(keys: ApiKeys, context: grpc.aio.ServicerContext, rpc: str) -> None:
     metadata = dict(context.invocation_metadata() or ())
     authorization = metadata.get("authorization")
     token = bearer_token(authorization.encode() if isinstance(authorization, str) else None)
     if token is None or not keys.is_valid(token):
+        # Logged as the HTTP door logs its refusals (service.security), not counted.
+        log.warning(
+            "refused gRPC %s: %s API key",
+            rpc,
+            "invalid" if token else "no",
+            extra={"client": context.peer()},
+        )
         raise Unauthorized("Send a valid API key as 'authorization: Bearer <key>' metadata.")
 
 

@@ -28,6 +28,7 @@ from tests.support import (
     prepared_input,
     running_server,
     segment_answer,
+    wait_for,
     zeros_tensor,
 )
 
@@ -208,7 +209,7 @@ def test_api_keys_guard_the_grpc_door(tiny_repo: Path, tmp_path: Path) -> None:
         "SEGSERVE_GRPC_PORT": str(port),
         **SERVER_LIMITS,
     }
-    with running_server(env, tmp_path / "server.log"):
+    with running_server(env, tmp_path / "server.log") as server:
         triton = InferenceServerClient(f"127.0.0.1:{port}")
         for headers in (None, {"authorization": "Bearer nope"}):
             with pytest.raises(InferenceServerException) as raised:
@@ -216,3 +217,6 @@ def test_api_keys_guard_the_grpc_door(tiny_repo: Path, tmp_path: Path) -> None:
             assert raised.value.status() == "StatusCode.UNAUTHENTICATED"
         assert triton.is_server_live(headers={"authorization": "Bearer k-2"})
         triton.close()
+        # Each refusal is logged, as the HTTP door logs its own.
+        wait_for(lambda: "refused gRPC ServerLive: invalid API key" in server.log())
+        assert "refused gRPC ServerLive: no API key" in server.log()

@@ -64,7 +64,11 @@ def test_server_metadata_and_health(triton: InferenceServerClient) -> None:
     assert triton.is_server_ready()
     metadata = triton.get_server_metadata()
     assert metadata["name"] == "segserve"
-    assert metadata["extensions"] == ["binary_tensor_data", "model_configuration"]
+    assert metadata["extensions"] == [
+        "binary_tensor_data",
+        "model_configuration",
+        "model_repository",
+    ]
 
 
 def test_model_metadata_describes_inputs_and_outputs(triton: InferenceServerClient) -> None:
@@ -132,6 +136,26 @@ def test_default_outputs_are_all_three_as_binary(triton: InferenceServerClient) 
     result = triton.infer("tiny", [images_input(encode(quadrants(), "PNG"))])  # no outputs named
     assert [o["name"] for o in result.get_response()["outputs"]] == list(OUTPUTS)
     assert result.as_numpy("labels").shape == (1, 48, 64)
+
+
+def test_an_empty_outputs_list_asks_for_all_of_them(client: httpx.Client) -> None:
+    # As a hand-written client may send it: "outputs": [] reads as no outputs named, as gRPC's
+    # empty repeated field does. The image goes as binary data (a 4-byte length, the bytes).
+    data = encode(quadrants(), "PNG")
+    element = len(data).to_bytes(4, "little") + data
+    image = {"name": "image", "shape": [1], "datatype": "BYTES"}
+    header = json.dumps(
+        {"inputs": [{**image, "parameters": {"binary_data_size": len(element)}}], "outputs": []}
+    ).encode()
+    response = client.post(
+        "/v2/models/tiny/infer",
+        content=header + element,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert list(outputs) == ["labels", "rle"]  # png goes only as binary data, not asked for
+    assert outputs["labels"]["shape"] == [1, 48, 64]
 
 
 @pytest.mark.parametrize("datatype", ["FP32", "FP16"])
