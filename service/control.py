@@ -12,7 +12,10 @@
 A version that cannot be served (corrupt file, wrong signature, failed warm-up) never replaces
 one that can: it is logged, counted (``segserve_model_loads_total{outcome="failed"}``), listed
 with its reason, and the version served before keeps serving. It is tried again once its file
-changes. Modelled on Triton's model control modes and repository extension.
+changes. A model whose version policy cannot be read keeps its served versions as they are (the
+other models follow the folder), and a folder with no model at all changes nothing: an empty
+folder is more likely a volume that is not mounted than every model withdrawn. Modelled on
+Triton's model control modes and repository extension.
 
     control = ModelControl(service)
     await control.sync()            # serve what the folder holds now; sync("name"): one model
@@ -24,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from service import metrics
 from service.core import FileStamp, ServedModel, Service, file_stamp
 from service.errors import ModelLoadError
-from service.repository import ModelRepository, ModelVersion
+from service.repository import ModelVersion, Survey, survey
 
 log = logging.getLogger("segserve.control")
 
@@ -49,6 +53,7 @@ class ModelControl:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.failed: dict[str, tuple[FileStamp | None, str]] = {}  # key -> (file, why)
+        self.unreadable: dict[str, str] = {}  # model -> why its version policy cannot be read
         self._lock = asyncio.Lock()  # one change of the served set at a time
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -58,35 +63,50 @@ class ModelControl:
             await asyncio.sleep(interval_s)
             try:
                 await self.sync()
-            except ModelLoadError as exc:  # an unreadable folder or policy: keep what serves
+            except ModelLoadError as exc:  # no folder, or no model in it: keep what serves
                 log.warning("cannot scan the model repository; serving as before: %s", exc)
 
     async def sync(self, name: str | None = None) -> None:
         """Serve what the folder holds now: every model, or only ``name``. Raises
-        ModelLoadError when the folder or a version policy cannot be read."""
+        ModelLoadError when the folder cannot be read or holds no model, or when ``name``'s
+        version policy cannot be read; another model's unreadable policy leaves that model's
+        versions as they are."""
         async with self._lock:
-            found = await asyncio.to_thread(self._scan)
-            wanted = {r.key: r for r in found.all() if name is None or r.name == name}
-            await self._apply(wanted, name)
+            found = await asyncio.to_thread(self._survey)
+            if name is not None and name in found.unreadable:
+                raise ModelLoadError(found.unreadable[name])
+            if not found.on_disk:
+                raise ModelLoadError(f"no models in {self.service.settings.model_repository}")
+            self._note_unreadable(found.unreadable)
+            wanted = {
+                ref.key: ref
+                for versions in found.chosen.values()
+                for ref in versions.values()
+                if _in(ref.key, name)
+            }
+            await self._apply(
+                wanted, lambda model: name in (None, model) and model not in found.unreadable
+            )
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of ``name``."""
         async with self._lock:
-            await self._apply({}, name)
+            await self._apply({}, lambda model: model == name)
 
     async def index(self) -> list[VersionState]:
         """Every version on disk or served, with its state (and why it is unavailable)."""
         try:
-            on_disk = (await asyncio.to_thread(self._scan)).all()
+            found = await asyncio.to_thread(self._survey)
         except ModelLoadError:
-            on_disk = []
-        served = {m.ref.key: m.ref for m in self.service.models.values()}
-        refs = sorted({r.key: r for r in on_disk} | served, key=lambda k: _order(k))
-        return [self._state(key) for key in refs]
+            found = Survey({}, {}, {})
+        on_disk = {ref.key for ref in found.all_on_disk()}
+        keys = sorted(on_disk | set(self.service.models), key=_order)
+        return [self._state(key, found.unreadable) for key in keys]
 
     def unavailable(self, name: str) -> list[VersionState]:
         """The versions of ``name`` that failed to load, with why."""
-        return [self._state(key) for key in sorted(self.failed, key=_order) if _in(key, name)]
+        failed = sorted(self.failed, key=_order)
+        return [self._state(key, unreadable={}) for key in failed if _in(key, name)]
 
     def failures(self, name: str) -> list[str]:
         """Why versions of ``name`` in the folder are not served (empty: none failed)."""
@@ -96,29 +116,38 @@ class ModelControl:
         """Wait for the versions being released."""
         await asyncio.gather(*self._retiring)
 
-    def _scan(self) -> ModelRepository:
-        settings = self.service.settings
-        return ModelRepository.scan(settings.model_repository, settings.default_model)
+    def _survey(self) -> Survey:
+        return survey(self.service.settings.model_repository)
 
-    def _state(self, key: str) -> VersionState:
+    def _note_unreadable(self, unreadable: dict[str, str]) -> None:
+        """Log each model whose version policy became unreadable, once (a poll repeats)."""
+        for model, why in unreadable.items():
+            if self.unreadable.get(model) != why:
+                log.error("serving %s's versions as before: %s", model, why)
+        self.unreadable = dict(unreadable)
+
+    def _state(self, key: str, unreadable: dict[str, str]) -> VersionState:
         """READY while served (with why, when a changed file of it failed), else UNAVAILABLE."""
         name, version = key.rsplit(":", 1)
         _, reason = self.failed.get(key, (None, ""))
         if key in self.service.models:
             return VersionState(name, int(version), "READY", reason)
-        return VersionState(name, int(version), "UNAVAILABLE", reason or "not loaded")
+        reason = reason or unreadable.get(name) or "not loaded"
+        return VersionState(name, int(version), "UNAVAILABLE", reason)
 
-    async def _apply(self, wanted: dict[str, ModelVersion], name: str | None) -> None:
+    async def _apply(
+        self, wanted: dict[str, ModelVersion], in_scope: Callable[[str], bool]
+    ) -> None:
         """Load what ``wanted`` adds or changes, route to the new set, release what it drops
-        (``name``: only that model's versions are in question)."""
+        (only the versions of models ``in_scope`` are in question)."""
         current = self.service.models
-        scope = {k: m for k, m in current.items() if name is None or m.ref.name == name}
+        scope = {k: m for k, m in current.items() if in_scope(m.ref.name)}
         loaded = {}
         for key, ref in wanted.items():
             served = await self._load_if_new(ref, scope.get(key))
             if served is not None:
                 loaded[key] = served
-        for key in [k for k in self.failed if _in(k, name) and k not in wanted]:
+        for key in [k for k in self.failed if in_scope(_model(k)) and k not in wanted]:
             del self.failed[key]  # gone from the folder: nothing to report any more
         dropped = [m for k, m in scope.items() if k not in wanted]
         replaced = [current[k] for k in loaded if k in current]
@@ -158,8 +187,12 @@ class ModelControl:
         return served
 
 
+def _model(key: str) -> str:
+    return key.rsplit(":", 1)[0]
+
+
 def _in(key: str, name: str | None) -> bool:
-    return name is None or key.rsplit(":", 1)[0] == name
+    return name is None or _model(key) == name
 
 
 def _order(key: str) -> tuple[str, int]:

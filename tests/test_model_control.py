@@ -139,6 +139,51 @@ def test_the_version_policy_serves_only_the_latest(tmp_path: Path) -> None:
         assert served_versions(server) == [2, 3]
         add_version(repo, 4)
         wait_for(lambda: served_versions(server) == [3, 4])
+        # The index lists every version on disk, those the policy leaves out as not loaded.
+        with server.client() as client:
+            index = client.post("/v2/repository/index").json()
+        assert [(e["version"], e["state"], e["reason"]) for e in index] == [
+            ("1", "UNAVAILABLE", "not loaded"),
+            ("2", "UNAVAILABLE", "not loaded"),
+            ("3", "READY", ""),
+            ("4", "READY", ""),
+        ]
+
+
+def test_an_unreadable_policy_holds_only_its_own_model(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    add_version(repo, 1)
+    add_version(repo, 1, name="other")
+    env = {"SEGSERVE_MODEL_REPOSITORY": str(repo), **POLL}
+    with running_server(env, tmp_path / "server.log") as server:
+        config = repo / "tiny" / "config.json"
+        config.write_text('{"version_policy": {"newest": {}}}')
+        add_version(repo, 2)  # not taken while the policy cannot be read...
+        add_version(repo, 2, name="other")  # ...but the other model follows its folder
+        wait_for(lambda: served_versions(server, "other") == [1, 2])
+        assert served_versions(server) == [1]
+        with server.client() as client:
+            index = client.post("/v2/repository/index").json()
+        (waiting,) = [e for e in index if (e["name"], e["version"]) == ("tiny", "2")]
+        assert waiting["state"] == "UNAVAILABLE"
+        assert "invalid version_policy" in waiting["reason"]
+        config.unlink()
+        wait_for(lambda: served_versions(server) == [1, 2])
+    assert server.log().count("serving tiny's versions as before") == 1  # once, not every poll
+
+
+def test_an_empty_folder_changes_nothing(tmp_path: Path) -> None:
+    """A repository volume that is briefly not mounted looks empty: that unloads nothing."""
+    repo = tmp_path / "models"
+    add_version(repo, 1)
+    env = {"SEGSERVE_MODEL_REPOSITORY": str(repo), **POLL}
+    with running_server(env, tmp_path / "server.log") as server:
+        os.rename(repo / "tiny", tmp_path / "away")
+        wait_for(lambda: "serving as before: no models in" in server.log())
+        assert served_versions(server) == [1]
+        with server.client() as client:
+            response, image = segment(client, 3)
+            assert_answered_by_its_version(response, image)
 
 
 def test_an_invalid_version_policy_stops_the_start(tmp_path: Path) -> None:
@@ -174,6 +219,14 @@ def test_explicit_mode_loads_and_unloads_on_request_only(tmp_path: Path) -> None
         missing = client.post("/v2/repository/models/nothing/load")
         assert missing.status_code == 400
         assert "nothing" in missing.json()["error"]
+        # One model's unreadable policy refuses its own load, not another's.
+        (repo / "other" / "config.json").write_text('{"version_policy": []}')
+        unreadable = client.post("/v2/repository/models/other/load")
+        assert unreadable.status_code == 400
+        assert "invalid version_policy" in unreadable.json()["error"]
+        add_version(repo, 3)
+        assert client.post("/v2/repository/models/tiny/load").status_code == 200
+        assert served_versions(server) == [1, 2, 3]
         index = {
             (e["name"], e["version"], e["state"])
             for e in client.post("/v2/repository/index").json()

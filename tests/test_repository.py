@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from service.errors import ModelLoadError, ModelNotFound
 from service.model_card import METADATA_KEY, ModelCard
-from service.repository import ModelRepository, ModelVersion
+from service.repository import ModelRepository, ModelVersion, survey
 from tests.support import tiny_card
 
 
@@ -69,6 +70,52 @@ def test_folders_that_are_not_versions_are_ignored(repo: Path) -> None:
     (repo / "alpha" / "11").mkdir()  # no model.onnx in it
     (repo / "README.md").write_text("not a model")
     assert list(ModelRepository.scan(repo).versions["alpha"]) == [1, 2, 10]
+
+
+def policy(root: Path, name: str, version_policy: object) -> None:
+    (root / name / "config.json").write_text(json.dumps({"version_policy": version_policy}))
+
+
+@pytest.mark.parametrize(
+    ("version_policy", "served"),
+    [
+        ({"all": {}}, [1, 2, 10]),
+        ({"latest": {"num_versions": 2}}, [2, 10]),
+        ({"latest": {"num_versions": "1"}}, [10]),
+        ({"specific": {"versions": [1, 10, 7]}}, [1, 10]),
+        ({"specific": {"versions": ["2", "10"]}}, [2, 10]),  # Triton's JSON writes int64 so
+    ],
+)
+def test_the_version_policy_chooses_the_versions(
+    repo: Path, version_policy: object, served: list[int]
+) -> None:
+    policy(repo, "alpha", version_policy)
+    assert list(ModelRepository.scan(repo).versions["alpha"]) == served
+
+
+@pytest.mark.parametrize(
+    "version_policy",
+    [
+        {"newest": {}},
+        {"latest": {"num_versions": 0}},
+        {"latest": {"num_versions": True}},
+        {"latest": {}},
+        {"specific": {"versions": [True]}},
+        {"specific": {"versions": ["one"]}},
+        {"specific": {"versions": 1}},
+        {"all": {}, "latest": {"num_versions": 1}},
+    ],
+)
+def test_a_policy_that_cannot_be_read_stops_the_start_but_not_a_survey(
+    repo: Path, version_policy: object
+) -> None:
+    policy(repo, "alpha", version_policy)
+    with pytest.raises(ModelLoadError, match=r"alpha/config\.json: invalid version_policy"):
+        ModelRepository.scan(repo)
+    found = survey(repo)  # model control: the other models are unaffected
+    assert list(found.unreadable) == ["alpha"]
+    assert list(found.chosen) == ["zeta"]
+    assert [v.key for v in found.all_on_disk()] == ["alpha:1", "alpha:2", "alpha:10", "zeta:1"]
 
 
 def test_missing_or_empty_repository_is_a_model_load_error(tmp_path: Path) -> None:
