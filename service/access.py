@@ -2,8 +2,10 @@
 (``/segment`` and the Open Inference Protocol's ``/v2/models/.../infer``).
 
 A pure ASGI middleware (no extra task, the body untouched) that sees the final status of every
-answer, errors included. The route fills in what only it knows (model, format, error code)
-through the ``AccessRecord`` it finds in ``request.state.access``.
+answer, errors included: it sits outside everything that may answer (the API key check and the
+upload budget too), inside the request id. The route, or the middleware that refused the
+request, fills in what only it knows (model, format, error code) through the ``AccessRecord``
+in the scope's state (``request.state.access``; ``record_of(scope)``).
 """
 
 from __future__ import annotations
@@ -33,11 +35,19 @@ class AccessRecord:
     model: str = ""
     version: str = ""
     format: str = ""
-    error_code: str | None = None
+    error_code: str | None = None  # the problem code of an error answer
+    rejection: str | None = None  # the rejection metric's reason, where not the error code
 
 
 def access_record(request: Request) -> AccessRecord:
     record: AccessRecord = request.state.access
+    return record
+
+
+def record_of(scope: Scope) -> AccessRecord | None:
+    """The access record of the request of ``scope`` (None outside ``AccessLog``, as in a bare
+    ``TestClient``)."""
+    record: AccessRecord | None = scope.get("state", {}).get("access")
     return record
 
 
@@ -69,7 +79,7 @@ class AccessLog:
             latency = time.monotonic() - record.arrived
             if counted:
                 metrics.IN_FLIGHT.dec()
-                reason = record.error_code or _REASONS.get(status)
+                reason = record.rejection or record.error_code or _REASONS.get(status)
                 metrics.observe_request(record.model, record.format, status, latency, reason)
             log.log(
                 logging.DEBUG if path in _QUIET_PATHS else logging.INFO,

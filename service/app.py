@@ -22,9 +22,9 @@ from service import api, apidocs, oip, page, repository_api
 from service.access import AccessLog
 from service.control import ModelControl
 from service.core import Service, lone_process
-from service.problems import install_error_handlers
+from service.problems import UnexpectedErrors, install_error_handlers
 from service.repository import ModelRepository
-from service.security import install_security
+from service.security import RequestIdMiddleware, install_security
 from service.semantics import HeadAsGet
 from service.settings import Settings
 
@@ -57,17 +57,20 @@ def create_app(
     apidocs.install_api_docs(app)
     page.install_page(app)
     install_error_handlers(app, describe_invalid=api.describe_invalid_segment)
-    app.add_middleware(api.SegmentDoor)  # innermost: the ones added after it see /segment too
+    # Each middleware added wraps those added before it: innermost first.
+    app.add_middleware(api.SegmentDoor)  # the ones added after it see /segment too
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(HeadAsGet)  # inside the access log, which records the HEAD
-    app.add_middleware(AccessLog)
-    # Outermost: the request id exists before anything logs. The page and the docs' assets hold
-    # no data (the page's calls to the API carry the key typed into it): they need no key.
+    # The page and the docs' assets hold no data (the page's calls to the API carry the key
+    # typed into it): they need no key.
     install_security(
         app,
         settings,
         public_paths=page.PUBLIC_PATHS,
         public_prefixes=(*page.PUBLIC_PREFIXES, *apidocs.PUBLIC_PREFIXES),
     )
+    app.add_middleware(AccessLog)  # outside all that may answer: every answer has its line
+    app.add_middleware(RequestIdMiddleware)  # outermost: the id exists before anything logs
     return app
 
 

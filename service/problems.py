@@ -1,6 +1,8 @@
 """The one place that turns errors into answers: every ``ServiceError`` by the status and
-``code`` it carries, plus what FastAPI and Starlette raise themselves. Each handler also writes
-the problem ``code`` into the request's access record (``service.access``).
+``code`` it carries, plus what FastAPI and Starlette raise themselves, plus anything unexpected
+(``UnexpectedErrors``, inside the request id and the access log, so that its answer carries the
+id and its line the code). Each handler also writes the problem ``code`` into the request's
+access record (``service.access``).
 
 segserve's own routes answer problem+json (RFC 9457). The Open Inference Protocol routes
 (``/v2``...) answer the protocol's error object, ``{"error": "<message>"}`` (KServe's
@@ -16,7 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.access import record_of
 from service.errors import InvalidParameter, ServiceError
 from service.semantics import slashless_route
 
@@ -73,7 +77,7 @@ def install_error_handlers(
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        _note(request, exc.code)
+        _note(request.scope, exc.code)
         return error_answer(request.scope["path"], exc)
 
     @app.exception_handler(RequestValidationError)
@@ -83,7 +87,7 @@ def install_error_handlers(
             for err in exc.errors()
         )
         error = InvalidParameter(details or "invalid request parameters")
-        _note(request, error.code)
+        _note(request.scope, error.code)
         if describe_invalid is not None:
             describe_invalid(request)
         return error_answer(request.scope["path"], error)
@@ -91,27 +95,51 @@ def install_error_handlers(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-        _note(request, code)
+        _note(request.scope, code)
         headers = dict(exc.headers or {})
         if is_oip(request.scope["path"]):
             return oip_error(exc.status_code, str(exc.detail), headers)
         detail = _not_found_detail(request) if exc.status_code == 404 else str(exc.detail)
         return problem(exc.status_code, code, title, detail, headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        _note(request, "internal_error")
-        detail = "The server failed to process the request."
-        if is_oip(request.scope["path"]):
-            return oip_error(500, detail)
-        return problem(500, "internal_error", "Internal server error", detail)
+
+class UnexpectedErrors:
+    """The last resort: an exception no handler maps (a bug) is logged with its traceback and
+    the request's id, and answered 500 ``internal_error`` without details. An answer already
+    under way is cut off instead (the server closes the connection)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            _note(scope, "internal_error")
+            if started:
+                return
+            detail = "The server failed to process the request."
+            if is_oip(scope["path"]):
+                answer = oip_error(500, detail)
+            else:
+                answer = problem(500, "internal_error", "Internal server error", detail)
+            await answer(scope, receive, send)
 
 
-def _note(request: Request, code: str) -> None:
-    """Write ``code`` into the request's access record (absent when the app runs without
-    ``service.access.AccessLog``, as in a bare ``TestClient``)."""
-    record = getattr(request.state, "access", None)
+def _note(scope: Scope, code: str) -> None:
+    """Write ``code`` into the request's access record, where there is one."""
+    record = record_of(scope)
     if record is not None:
         record.error_code = code
 

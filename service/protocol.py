@@ -8,9 +8,9 @@ from collections.abc import AsyncGenerator
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import ClientClosed, InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.pipeline import OutputFormat
 
 RAW_MEDIA_TYPES = (
@@ -72,18 +72,22 @@ def media_type(headers: Headers) -> str:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes;
+    ClientClosed when the client goes away before sending all of it."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked or lying Content-Length: count what actually arrives
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
-        if chunk:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # chunked or lying Content-Length: count what actually arrives
+                raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+            if chunk:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosed(f"the client went away after {size} bytes of its body") from None
     # Most uploads arrive as one message: its bytes are the body, with no copy.
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

@@ -1,17 +1,20 @@
 """Who may call the service, how much it will hold for them, and what every answer carries.
 
-``install_security(app, settings)`` adds four pure-ASGI middlewares, outermost first:
+``RequestIdMiddleware``, the outermost of segserve's middlewares: every answer (errors
+included) carries ``X-Request-ID``: the client's own id when it is short and plain, else a fresh
+one; the id is also in a context variable so log lines can name the request. Every answer also
+gets ``nosniff``.
 
-1. ``RequestIdMiddleware`` — every answer (errors included) carries ``X-Request-ID``: the
-   client's own id when it is short and plain, else a fresh one; the id is also in a context
-   variable so log lines can name the request. Every answer also gets ``nosniff``.
-2. ``CORSMiddleware`` (Starlette) — only when ``SEGSERVE_CORS_ORIGINS`` names origins. It sits
+``install_security(app, settings)`` adds three more pure-ASGI middlewares, outermost first,
+inside the access log (``service.access``), which records their refusals:
+
+1. ``CORSMiddleware`` (Starlette) — only when ``SEGSERVE_CORS_ORIGINS`` names origins. It sits
    outside authentication so that preflights (which never carry credentials) are answered and a
    browser can read a 401.
-3. ``ApiKeyMiddleware`` — only when ``SEGSERVE_API_KEYS`` is set: ``Authorization: Bearer <key>``
+2. ``ApiKeyMiddleware`` — only when ``SEGSERVE_API_KEYS`` is set: ``Authorization: Bearer <key>``
    on every path except ``SEGSERVE_AUTH_PUBLIC_PATHS`` (probes and metrics by default) and the
    page (``/``, ``/page/…``: files that hold no data; its calls to the API carry a key).
-4. ``BodyBudgetMiddleware`` — bounds the request bodies held at once: each upload reserves its
+3. ``BodyBudgetMiddleware`` — bounds the request bodies held at once: each upload reserves its
    declared size (the body limit when it declares none) from ``SEGSERVE_MAX_INFLIGHT_BODY_BYTES``
    and is refused with 503 ``overloaded`` when the budget is spent. Without it, memory grows
    with the number of concurrent uploads, which the client controls.
@@ -33,7 +36,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service.access import record_of
 from service.context import request_id_var
 from service.errors import Overloaded, Unauthorized
 from service.problems import error_answer
@@ -55,7 +58,7 @@ def install_security(
     public_paths: Iterable[str] = (),
     public_prefixes: Iterable[str] = (),
 ) -> None:
-    """Wire the body budget, API keys, CORS and request ids into ``app`` per ``settings``.
+    """Wire the body budget, API keys and CORS into ``app`` per ``settings``.
     ``public_paths`` (exact) and ``public_prefixes`` are served without a key besides
     ``settings.auth_public_paths``: the app's own pages that hold no data."""
     # add_middleware wraps what is already there: the last one added is the outermost.
@@ -81,7 +84,6 @@ def install_security(
             allow_credentials=False,  # bearer keys travel in a header, never in cookies
             max_age=600,
         )
-    app.add_middleware(RequestIdMiddleware)
 
 
 class ApiKeyMiddleware:
@@ -108,7 +110,7 @@ class ApiKeyMiddleware:
         if token is not None and self._keys.is_valid(token):
             await self.app(scope, receive, send)
             return
-        # The access log sits inside this middleware, so refusals are logged here.
+        # Beside the access line: which key was missing, and the client it came from.
         client = scope.get("client")
         log.warning(
             "refused %s %s: %s API key",
@@ -117,6 +119,7 @@ class ApiKeyMiddleware:
             "invalid" if token else "no",
             extra={"client": client[0] if client else None},
         )
+        _refused(scope, Unauthorized.code)
         if token is None:
             error = Unauthorized(
                 "Send an API key as 'Authorization: Bearer <key>'.",
@@ -172,7 +175,7 @@ class BodyBudgetMiddleware:
                 self.reserved_bytes,
                 size,
             )
-            metrics.REJECTIONS.labels("", "body_budget").inc()
+            _refused(scope, Overloaded.code, rejection="body_budget")
             error = Overloaded(
                 f"the server is holding too many uploads ({self.reserved_bytes} bytes); retry later"
             )
@@ -224,6 +227,14 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+def _refused(scope: Scope, code: str, rejection: str | None = None) -> None:
+    """Note a refusal in the request's access record: its problem ``code`` for the log line,
+    ``rejection`` for the metrics where it is not the code."""
+    record = record_of(scope)
+    if record is not None:
+        record.error_code, record.rejection = code, rejection
 
 
 def _digest(value: bytes) -> bytes:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -28,6 +30,8 @@ from PIL import Image
 from tests.images import encode
 from tests.support import (
     Server,
+    access_line,
+    metric_samples,
     running_server,
     start_server,
     tiny_card,
@@ -256,6 +260,10 @@ def test_concurrent_uploads_are_bounded_by_the_body_budget(tmp_path: Path, log_p
             client.post("/segment", content=big, headers={"Content-Type": "image/png"}).status_code
             == 200
         )
+        line = access_line(server, "over-budget")  # the refusal has its line, and is counted
+        assert (line["status"], line["error"]) == (503, "overloaded")
+        rejected = frozenset({("model", ""), ("reason", "body_budget")})
+        assert metric_samples(client)[("segserve_rejections_total", rejected)] == 1
 
 
 async def _uploads_against_budget(base_url: str, big: bytes) -> None:
@@ -276,12 +284,71 @@ async def _uploads_against_budget(base_url: str, big: bytes) -> None:
         )
         await admitted.wait()
         await asyncio.sleep(0.2)
-        refused = await client.post("/segment", content=big, headers=headers)
+        refused = await client.post(
+            "/segment", content=big, headers=headers | {"X-Request-ID": "over-budget"}
+        )
         assert_problem(refused, 503, "overloaded")
         assert int(refused.headers["retry-after"]) >= 1
         small = await client.post("/segment", content=DARK, headers=headers)
         assert small.status_code == 200
         assert (await slow).status_code == 200
+
+
+def test_a_client_gone_mid_upload_is_logged_as_closed_not_as_an_error(
+    tmp_path: Path, log_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    write_tiny_model(repo)
+    with running_server(env_for(repo), log_path) as server, server.client() as client:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            head = (
+                "POST /segment HTTP/1.1\r\nHost: x\r\nX-Request-ID: gone-mid-upload\r\n"
+                "Content-Type: image/png\r\nContent-Length: 50000\r\n\r\n"
+            )
+            sock.sendall(head.encode() + DARK[:500])
+            time.sleep(0.3)  # the server has started reading the body
+        line = access_line(server, "gone-mid-upload")
+        assert (line["status"], line["error"]) == (499, "client_closed")
+        closed = frozenset({("model", "tiny"), ("reason", "client_closed")})
+        assert metric_samples(client)[("segserve_rejections_total", closed)] == 1
+        assert client.post("/segment", content=DARK, headers=IMAGE_PNG).status_code == 200
+    assert "Traceback" not in server.log()
+
+
+def test_an_unexpected_error_is_a_500_with_the_request_id_and_a_logged_traceback(
+    tmp_path: Path, log_path: Path
+) -> None:
+    """A bug, injected into the real server (``sitecustomize`` runs at its start): the client
+    gets a 500 problem without details but with its request id; the log gets the traceback and
+    the access line, both naming the request; the server goes on."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo)
+    (tmp_path / "sitecustomize.py").write_text(
+        "import service.api as api\n"
+        "negotiate = api.negotiate\n"
+        "def failing(accept):\n"
+        "    if accept == 'application/x-fault':\n"
+        "        raise RuntimeError('an injected bug')\n"
+        "    return negotiate(accept)\n"
+        "api.negotiate = failing\n"
+    )
+    env = env_for(repo) | {"PYTHONPATH": str(tmp_path)}
+    with running_server(env, log_path) as server, server.client() as client:
+        headers = IMAGE_PNG | {"Accept": "application/x-fault", "X-Request-ID": "bug-1"}
+        failed = client.post("/segment", content=DARK, headers=headers)
+        assert_problem(failed, 500, "internal_error")
+        assert failed.headers["x-request-id"] == "bug-1"
+        line = access_line(server, "bug-1")
+        assert (line["status"], line["error"]) == (500, "internal_error")
+        (traceback,) = [
+            json.loads(text)
+            for text in server.log().splitlines()
+            if "unhandled error on POST /segment" in text
+        ]
+        assert traceback["request_id"] == "bug-1"
+        assert "an injected bug" in traceback["exception"]
+        assert client.post("/segment", content=DARK, headers=IMAGE_PNG).status_code == 200
 
 
 # ---- a model that fails at run time --------------------------------------------------------------

@@ -10,7 +10,13 @@ import pytest
 
 from service.settings import Settings
 from tests.images import encode, quadrants
-from tests.support import Server, running_server, write_tiny_model
+from tests.support import (
+    Server,
+    access_line,
+    metric_samples,
+    running_server,
+    write_tiny_model,
+)
 
 KEYS = ("alpha-0123456789", "beta-9876543210")
 ORIGIN = "https://app.example"
@@ -95,6 +101,17 @@ def test_segment_needs_a_valid_key(
     with keyed.client() as client:
         headers = {} if authorization is None else {"Authorization": authorization}
         assert_unauthorized(segment(client, **headers), error)
+
+
+def test_a_refused_request_has_its_access_line_and_is_counted(keyed: Server) -> None:
+    with keyed.client() as client:
+        refused = {"model": "", "reason": "unauthorized"}
+        key = ("segserve_rejections_total", frozenset(refused.items()))
+        before = metric_samples(client).get(key, 0.0)
+        assert_unauthorized(segment(client, **{"X-Request-ID": "without-key"}), None)
+        line = access_line(keyed, "without-key")
+        assert (line["path"], line["status"], line["error"]) == ("/segment", 401, "unauthorized")
+        assert metric_samples(client)[key] == before + 1
 
 
 def test_every_configured_key_works_with_any_scheme_case(keyed: Server) -> None:
