@@ -24,7 +24,9 @@ Public API (everything else is private)::
 Every item submitted gets exactly one outcome:
 
 - its row of the outputs (``Completed``), in the order items were submitted within a batch;
-- ``Overloaded`` at once when ``max_queue`` items are already waiting (backpressure);
+- ``Overloaded`` at once when ``max_queue`` items are already waiting (backpressure): this
+  batcher's own, or those ``queued()`` counts when given (the batchers of one model version
+  share one queue budget);
 - ``DeadlineExceeded`` when its deadline (``time.monotonic()`` seconds) passes before it is
   taken into a batch; the waiter is answered at the deadline, not when a batch next forms;
 - ``InferenceFailed`` when ``run_batch`` raises: only that batch's items fail, the loop goes on;
@@ -90,6 +92,7 @@ class Batcher:
         name: str = "batcher",
         wait_for_announced: bool = False,
         on_depth: Callable[[int], None] | None = None,
+        queued: Callable[[], int] | None = None,
         keep_buffers: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or concurrency < 1 or max_delay_s < 0:
@@ -110,6 +113,7 @@ class Batcher:
         self._wait_for_announced = wait_for_announced
         self._announced = 0  # items being prepared for submit (see announce)
         self._on_depth = on_depth
+        self._queued = queued
         self._keep_buffers = keep_buffers
 
     @property
@@ -171,8 +175,9 @@ class Batcher:
 
     def check_capacity(self) -> None:
         """Raise Overloaded when the queue is full: lets a caller refuse before costly work."""
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(f"model {self.name} has {self.depth} requests queued; retry later")
+        queued = len(self._queue) if self._queued is None else self._queued()
+        if queued >= self.max_queue:
+            raise Overloaded(f"model {self.name} has {queued} images queued; retry later")
 
     def _check_layout(self, x: np.ndarray) -> None:
         layout = (x.shape, x.dtype)

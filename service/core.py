@@ -208,7 +208,9 @@ class Service:
     def _lane_maker(self, pool: SessionPool, ref: ModelVersion) -> MakeBatcher:
         settings = self.settings
 
-        def make(shape: Shape, scores: bool, on_depth: Callable[[int], None]) -> Batcher:
+        def make(
+            shape: Shape, scores: bool, on_depth: Callable[[int], None], queued: Callable[[], int]
+        ) -> Batcher:
             height, width = shape
             own = (height, width) == (pool.input_height, pool.input_width) and not scores
             # Other lanes' batches hold at most max_batch_pixels (native inputs are large), and
@@ -225,6 +227,7 @@ class Service:
                 name=ref.key if own else f"{ref.key}@{width}x{height}{kind}",
                 wait_for_announced=settings.batch_eager,
                 on_depth=on_depth,
+                queued=queued,
                 keep_buffers=own,
             )
 

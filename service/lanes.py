@@ -3,9 +3,11 @@
 The model's own input size with labels out is the first lane, started with the version. The
 input policies (``service.policies``) need others, made when first asked for: each native
 shape bucket (labels out) and each tile size (scores out, for blending). A batch only ever
-holds inputs of one shape, and every lane shares the version's session pool.
+holds inputs of one shape; every lane shares the version's session pool and its queue budget
+(``SEGSERVE_MAX_QUEUE`` counts the items queued in all of them).
 
-    lanes = Lanes(make_batcher)            # make_batcher(shape, scores) -> Batcher (not started)
+    lanes = Lanes(make_batcher)            # make_batcher(shape, scores, on_depth, queued)
+                                           #   -> Batcher (not started)
     first = await lanes.get((128, 128), scores=False)
     lanes.depth                            # queued items over all lanes
     await lanes.stop()
@@ -20,7 +22,8 @@ from service.batching import Batcher
 
 Shape = tuple[int, int]  # (height, width)
 LaneKey = tuple[Shape, bool]  # shape, scores out
-MakeBatcher = Callable[[Shape, bool, Callable[[int], None]], Batcher]
+# shape, scores out, on_depth(lane's depth), queued() -> items queued in every lane
+MakeBatcher = Callable[[Shape, bool, Callable[[int], None], Callable[[], int]], Batcher]
 
 
 class Lanes:
@@ -43,7 +46,9 @@ class Lanes:
             return lane
         async with self._lock:  # two first requests of a shape make one lane
             if key not in self._lanes:
-                lane = self._make(shape, scores, lambda depth: self._depth_changed(key, depth))
+                lane = self._make(
+                    shape, scores, lambda depth: self._depth_changed(key, depth), lambda: self.depth
+                )
                 await lane.start()
                 self._lanes[key] = lane
         return self._lanes[key]

@@ -21,7 +21,8 @@ from service.waiting import abandon, enqueue_all, unless_gone
 class TileRun:
     """One tiles request's windows, a batch-sized chunk at a time with two chunks in flight (one
     queued or running while the next is prepared): a request never holds more than two batches'
-    places in the queue, so other requests' images and windows keep getting in. A chunk's windows
+    places in the queue (nor more than half of it, so that a request alone is never refused by
+    its own windows), so other requests' images and windows keep getting in. A chunk's windows
     are blended as soon as it is back, so no window's scores outlive their chunk. Its CPU work
     always runs on the worker threads (``Service.workers``): it is long, so a request alone gains
     nothing from running it on the event loop, which it would hold up."""
@@ -46,7 +47,8 @@ class TileRun:
         self.queue_s = self.infer_s = 0.0
 
     async def labels(self) -> np.ndarray:
-        size = self.lane.max_batch_size
+        size = min(self.lane.max_batch_size, max(1, self.lane.max_queue // 2))
+        ahead = 2 if self.lane.max_queue >= 2 else 1
         chunks = [self.positions[i : i + size] for i in range(0, len(self.positions), size)]
         in_flight: deque[tuple[list[tuple[int, int]], asyncio.Future[list[Completed]]]] = deque()
         try:
@@ -54,7 +56,7 @@ class TileRun:
                 card = self.served.card
                 inputs = await self.service.workers.run(windows, self.image, chunk, self.tile, card)
                 in_flight.append((chunk, enqueue_all(self.lane, inputs, self.deadline)))
-                if len(in_flight) == 2:
+                if len(in_flight) == ahead:
                     await self._collect(*in_flight.popleft())
             while in_flight:
                 await self._collect(*in_flight.popleft())

@@ -339,3 +339,40 @@ def test_a_window_past_the_image_s_edge_repeats_it() -> None:
     )
     np.testing.assert_array_equal(window[:, :6, 10:], np.repeat(window[:, :6, 9:10], 6, axis=2))
     np.testing.assert_array_equal(window[:, 6:], np.repeat(window[:, 5:6], 10, axis=1))
+
+
+def test_the_queue_budget_counts_every_shape_of_a_version(tmp_path: Path) -> None:
+    """``SEGSERVE_MAX_QUEUE`` is the version's, whatever the shapes: native images of six
+    buckets, held by a long batch window, fill a queue of 2 and the other four are refused."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "colour", size=32, resize="native", model={"any_size": True})
+    held = {
+        "SEGSERVE_MODEL_REPOSITORY": str(repo),
+        "SEGSERVE_MAX_QUEUE": "2",
+        "SEGSERVE_MAX_BATCH_DELAY_MS": "3000",
+        "SEGSERVE_BATCH_EAGER": "false",
+        "SEGSERVE_REQUEST_TIMEOUT_MS": "1500",  # the queued two: 504 before their batch forms
+    }
+    images = [noise(side, side - 10, seed=side) for side in (40, 70, 100, 130, 160, 190)]
+    with running_server(held, tmp_path / "server.log") as server:
+
+        def status(image: Image.Image) -> int:
+            with server.client() as client:
+                data = encoded(image)
+                headers = {"Content-Type": "image/png"}
+                return client.post("/segment", content=data, headers=headers).status_code
+
+        with ThreadPoolExecutor(len(images)) as pool:
+            codes = sorted(pool.map(status, images))
+    assert codes == [503, 503, 503, 503, 504, 504]
+
+
+def test_a_tiles_request_alone_fits_a_small_queue(tmp_path: Path) -> None:
+    """Its windows queue at most half the queue at once, so it is never refused by them."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "colour", size=32, model={"any_size": True})
+    small = {"SEGSERVE_MODEL_REPOSITORY": str(repo), "SEGSERVE_MAX_QUEUE": "2"}
+    image = noise(200, 150, seed=7)  # 7 x 5 windows of 32 at overlap 0, batches of up to 8
+    with running_server(small, tmp_path / "server.log") as server, server.client() as client:
+        tiled = segment(client, image, resize="tiles", tile=32, overlap=0)
+        assert (tiled == expected_labels(np.asarray(image))).all()
