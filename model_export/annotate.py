@@ -24,9 +24,7 @@ import onnxruntime as ort
 
 from model_export.card import load_onnx, write_card
 from service.model_card import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Layout, ModelCard
-from service.signature import Signature, SignatureError, Tensor, output_stride, servable
-
-_MAX_STRIDE = 32  # coarser than this is a pooled classifier output, not a mask
+from service.signature import Signature, SignatureError, Tensor, mask_stride, servable
 
 
 def signature(model: onnx.ModelProto) -> str:
@@ -121,12 +119,7 @@ def learn(
             f"for a batch of one the output '{found.output.name}' has shape {shape}, not "
             f"{found.output.describe('output')}"
         )
-    stride = output_stride(size, (shape[-2], shape[-1]))
-    if max(stride) > _MAX_STRIDE:
-        raise SignatureError(
-            f"for a {size[0]}x{size[1]} input the output '{found.output.name}' is "
-            f"{shape[-2]}x{shape[-1]}: coarser than 1/{_MAX_STRIDE}, a pooled output, not a mask"
-        )
+    stride = mask_stride(size, (shape[-2], shape[-1]))
     others = tuple(t.name for t in outputs if t.name != found.output.name)
     return Learned(found, size, shape, stride, others)
 

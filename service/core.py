@@ -144,7 +144,8 @@ class Service:
                 await asyncio.wait_for(served.unleased.wait(), self.settings.shutdown_timeout_s)
         await served.lanes.stop()  # queued items still finish
         served.pool.close()
-        metrics.MODEL_INFO.remove(served.ref.name, str(served.ref.version), served.pool.provider)
+        if served.ref.key not in self.models:  # else a new file of it reports through them
+            metrics.forget_version(*served.ref.labels, served.pool.provider)
         log.info("unloaded %s", served.ref.key)
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -213,10 +214,11 @@ class Service:
         ) -> Batcher:
             height, width = shape
             own = (height, width) == (pool.input_height, pool.input_width) and not scores
-            # Other lanes' batches hold at most max_batch_pixels (native inputs are large), and
-            # allocate per batch so that an idle lane holds no memory.
+            # Every batch holds at most max_batch_pixels (native inputs are large; a native image
+            # of the model's own size shares the first lane); other lanes allocate per batch so
+            # that an idle lane holds no memory.
             budget = max(1, settings.max_batch_pixels // (height * width))
-            size = settings.max_batch_size if own else min(settings.max_batch_size, budget)
+            size = min(settings.max_batch_size, budget, pool.batch_limit or budget)
             kind = "/scores" if scores else ""
             return Batcher(
                 _instrumented(pool, ref, scores),

@@ -25,7 +25,7 @@ from service.providers import (
 from service.repository import ModelVersion
 from service.resampling import class_argmax
 from service.settings import Settings
-from service.signature import Signature, Tensor, check_tensors
+from service.signature import Signature, SignatureError, Tensor, check_tensors, mask_stride
 from service.threads import WorkerThreads, lower_this_thread
 
 log = logging.getLogger("segserve.runtime")
@@ -112,6 +112,13 @@ def takes_any_size(graph_input: ort.NodeArg, card: ModelCard) -> bool:
     return not isinstance(height, int) and not isinstance(width, int)
 
 
+def fixed_batch(graph_input: ort.NodeArg) -> int | None:
+    """The batch size a graph exported without a dynamic batch dimension takes (None: any;
+    ``service.signature`` refuses one other than 1)."""
+    batch = graph_input.shape[0]
+    return batch if isinstance(batch, int) else None
+
+
 class Runner:
     """One session; ``run`` turns an input batch (N, 3, H, W) into uint8 labels (N, H, W), or into
     float scores (N, classes, H, W) for blending overlapping tiles: at the input's size whatever
@@ -129,6 +136,7 @@ class Runner:
         self._classes = card.num_classes
         self._nhwc = card.input.layout == "NHWC"
         self.any_size = takes_any_size(graph_input, card)
+        self.batch_limit = fixed_batch(graph_input)
         self.input_size = (card.input.height, card.input.width)
         # On a GPU, bind input and output: one host->device copy per batch, output lands on CPU.
         if io_binding is None:
@@ -147,6 +155,18 @@ class Runner:
         if scores:
             return resampling.scale_scores(out, size)
         return resampling.scaled_argmax(out, class_argmax(out), size)
+
+    def check_output(self, batch: np.ndarray) -> None:
+        """Raise SignatureError unless the raw output for ``batch`` is one mask per image at
+        the input's size or a whole fraction of it (the graph's shapes may be symbolic, so only
+        a run tells)."""
+        out = self._forward(self._feed(batch))
+        size = (batch.shape[2], batch.shape[3])
+        if out.shape[0] != batch.shape[0]:
+            raise SignatureError(
+                f"{self._output}: a batch of {batch.shape[0]} gave an output of shape {out.shape}"
+            )
+        mask_stride(size, (out.shape[-2], out.shape[-1]))
 
     def _feed(self, batch: np.ndarray) -> np.ndarray:
         """The batch as the graph takes it: transposed for a channels-last graph (one copy, here
@@ -199,6 +219,7 @@ class SessionPool:
         self.size = len(runners)
         self.provider = DISPLAY_NAMES.get(runners[0].provider, runners[0].provider)
         self.any_size = runners[0].any_size
+        self.batch_limit = runners[0].batch_limit  # a graph that takes one image at a time: 1
         self.input_height, self.input_width = runners[0].input_size
 
     async def run(self, batch: np.ndarray, *, scores: bool = False) -> np.ndarray:
@@ -211,9 +232,16 @@ class SessionPool:
 
     def warm_up(self, batch: np.ndarray) -> None:
         """Run ``batch`` through every session (blocking): first-run allocations and kernel
-        selection happen here, not in a client's request."""
+        selection happen here, not in a client's request. Raises ModelLoadError when a run
+        fails or its output is not a mask of the input (``signature.mask_stride``)."""
         for runner in self._idle:
-            runner.run(batch)
+            try:
+                runner.check_output(batch)
+                runner.run(batch)
+            except SignatureError as exc:
+                raise ModelLoadError(f"{self.name}: {exc}") from exc
+            except Exception as exc:  # ORT's own exception types, a bad class id, ...
+                raise ModelLoadError(f"{self.name}: the warm-up batch failed: {exc}") from exc
 
     def close(self) -> None:
         self._threads.shutdown()
@@ -243,9 +271,8 @@ def _load_for_tensorrt(model: ModelVersion, settings: Settings) -> tuple[ModelCa
     check_session(reader, card, model.path)
     graph_input = reader.get_inputs()[0]
     any_size = takes_any_size(graph_input, card)
-    profile = engine_profile(
-        graph_input.name, card.input, any_size=any_size, max_batch=settings.max_batch_size
-    )
+    max_batch = fixed_batch(graph_input) or settings.max_batch_size
+    profile = engine_profile(graph_input.name, card.input, any_size=any_size, max_batch=max_batch)
     gpu = GpuTarget(settings.trt_cache_dir / model.name / str(model.version), profile)
     sessions = [open_session(model.path, settings, gpu=gpu) for _ in range(settings.sessions)]
     return card, _pool(sessions, card, model, settings)

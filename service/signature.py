@@ -8,6 +8,7 @@ Runtime session) and ``model_export`` (from an ``onnx.ModelProto``) apply the sa
     found = servable([x], [y])                        # Signature: NCHW float32 in, logits out
     check_tensors([x], [y], card, where=path)          # servable, and as the card says
     output_stride((192, 192), (48, 48))                # (4, 4), from a run's real shapes
+    mask_stride((192, 192), (48, 48))                  # the same, refused past 1/32
 
 A servable graph has one 4-D image input, (N, 3, H, W) or (N, H, W, 3), of float32, float16 or
 uint8 (raw pixels), and serves one output: float scores (N, C, h, w) or integer class ids
@@ -35,6 +36,7 @@ _CHANNEL_AXIS: dict[Layout, int] = {"NCHW": 1, "NHWC": 3}
 # A reduced-resolution output is the input divided by a whole factor, give or take the rounding
 # of odd sizes (SegFormer: 513 -> 129, 513 / 129 = 3.98).
 _STRIDE_SLACK = 1.0
+MAX_STRIDE = 32  # coarser than this is a pooled classifier output, not a mask
 
 
 class SignatureError(ModelLoadError, ValueError):
@@ -107,6 +109,13 @@ def servable(
             where,
             f"input '{x.name}' must be a 4-D float32/float16/uint8 image tensor, (N, 3, H, W) "
             f"or (N, H, W, 3); found {x.describe('input')}",
+        )
+    if isinstance(x.shape[0], int) and x.shape[0] != 1:
+        raise _error(
+            where,
+            f"input '{x.name}' takes batches of exactly {x.shape[0]} images; the service batches "
+            "requests as they come: export with a dynamic batch dimension (or a batch of 1, "
+            f"served one image at a time); found {x.describe('input')}",
         )
     axis = _CHANNEL_AXIS[layout or _layout(x)]
     if isinstance(x.shape[axis], int) and x.shape[axis] != 3:
@@ -204,6 +213,21 @@ def output_stride(
             )
         strides.append(factor)
     return strides[0], strides[1]
+
+
+def mask_stride(
+    input_size: tuple[int, int], output_size: tuple[int, int], where: Path | None = None
+) -> tuple[int, int]:
+    """``output_stride``, refused past 1/``MAX_STRIDE``: what the service serves as a mask."""
+    stride = output_stride(input_size, output_size, where)
+    if max(stride) > MAX_STRIDE:
+        raise _error(
+            where,
+            f"for a {input_size[0]}x{input_size[1]} input the output is "
+            f"{output_size[0]}x{output_size[1]}: coarser than 1/{MAX_STRIDE}, a pooled output, "
+            "not a mask",
+        )
+    return stride
 
 
 def _error(where: Path | None, reason: str) -> SignatureError:

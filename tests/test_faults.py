@@ -444,6 +444,70 @@ def test_model_without_a_card_exits_nonzero_with_a_clear_message(tmp_path: Path)
     assert "anonymous" in log
 
 
+def _reshaped(path: Path, breakage: str) -> None:
+    """The tiny model at ``path`` (64 x 64, a 3 x 3 convolution) broken as other exporters
+    break theirs."""
+    model = onnx.load(path)
+    graph = model.graph
+    out = graph.output[0].type.tensor_type.shape
+    if breakage == "batch-of-2":  # exported for exactly two images
+        for shape in (graph.input[0].type.tensor_type.shape, out):
+            shape.dim[0].dim_value = 2
+    elif breakage == "cropped":  # valid padding: 64 -> 62, not an image of the input
+        (pads,) = [a for a in graph.node[0].attribute if a.name == "pads"]
+        pads.ints[:] = [0, 0, 0, 0]
+        out.dim[2].dim_param, out.dim[3].dim_param = "h", "w"
+    else:  # a classifier's pooled (N, C, 1, 1) scores
+        graph.node[0].output[0] = "features"
+        graph.node.append(helper.make_node("GlobalAveragePool", ["features"], ["logits"]))
+        out.dim[2].dim_value = out.dim[3].dim_value = 1
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("breakage", ["batch-of-2", "cropped", "pooled"])
+def test_a_model_that_gives_no_mask_exits_nonzero_with_a_clear_message(
+    tmp_path: Path, breakage: str
+) -> None:
+    repo = tmp_path / "models"
+    path = write_tiny_model(
+        repo, name="unservable", size=64, model={"weights": np.ones((3, 3, 3, 3), np.float32)}
+    )
+    _reshaped(path, breakage)
+    code, log = _exit_of(env_for(repo), tmp_path / "server.log")
+    assert code == 1
+    reason = {
+        "batch-of-2": "takes batches of exactly 2 images",
+        "cropped": "not the input's divided by a whole factor",
+        "pooled": "coarser than 1/32",
+    }[breakage]
+    (line,) = [json.loads(text) for text in log.splitlines() if reason in text]
+    assert "unservable" in line["message"]
+    assert "unexpected" not in line["message"]
+
+
+def test_a_model_fixed_at_one_image_is_served_one_image_per_batch(
+    tmp_path: Path, log_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    path = write_tiny_model(repo, size=32)
+    model = onnx.load(path)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, path)
+    held = env_for(repo, batch_eager="false", max_batch_delay_ms=200)
+    with running_server(held, log_path) as server, server.client() as client:
+        responses = asyncio.run(_burst(server.base_url, 6, DARK))
+        assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in responses)
+        sizes = metric_samples(client)
+        batches = sizes[
+            ("segserve_batch_size_count", frozenset({("model", "tiny"), ("version", "1")}))
+        ]
+        images = sizes[
+            ("segserve_batch_size_sum", frozenset({("model", "tiny"), ("version", "1")}))
+        ]
+        assert batches == images >= 6  # the warm-up is not counted: every batch held one image
+
+
 # ---- SIGTERM under load --------------------------------------------------------------------------
 def test_sigterm_under_load_finishes_every_accepted_request(
     slow_repo: Path, log_path: Path

@@ -191,7 +191,7 @@ REFUSALS: list[tuple[Callable[[], onnx.ModelProto], list[str], str]] = [
     (_one_channel, [], r"must have 3 \(RGB\) channels \(N, 3, H, W\) or \(N, H, W, 3\)"),
     (_one_channel, ["--layout", "NHWC"], r"3 \(RGB\) channels in axis 3 \(NHWC\)"),
     (_classifier, [], r"output 'y' must be float32/float16 scores .* float32\[1, 768\]"),
-    (_pooled, ["--input-size", "64x64"], r"'y' is 1x1: coarser than 1/32, a pooled output"),
+    (_pooled, ["--input-size", "64x64"], r"the output is 1x1: coarser than 1/32, a pooled output"),
     (_cropped, SIZE_16, r"is 12x12: its height is not the input's divided by a whole factor"),
     (
         _only_16,
@@ -246,7 +246,8 @@ def test_cli_annotate_refuses_with_one_line_saying_why(
 def test_cli_annotate_prints_what_it_learnt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path, out = _saved(tmp_path, graphs.strided()), tmp_path / "served.onnx"
+    # --out names a version folder of a model not yet in the repository: it is made.
+    path, out = _saved(tmp_path, graphs.strided()), tmp_path / "models/quarter/1/model.onnx"
     args = ["annotate", str(path), "--name", "quarter", "--labels", "background,red,green",
             "--input-size", "64x48", "--mean", "0,0,0", "--std", "1,1,1",
             "--out", str(out)]  # fmt: skip
