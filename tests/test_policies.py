@@ -376,3 +376,32 @@ def test_a_tiles_request_alone_fits_a_small_queue(tmp_path: Path) -> None:
     with running_server(small, tmp_path / "server.log") as server, server.client() as client:
         tiled = segment(client, image, resize="tiles", tile=32, overlap=0)
         assert (tiled == expected_labels(np.asarray(image))).all()
+
+
+def test_no_batch_holds_more_than_max_batch_pixels(tmp_path: Path) -> None:
+    """Native images of the model's own size share its batches, and those too are bounded."""
+    repo = tmp_path / "models"
+    write_tiny_model(repo, "colour", size=32, resize="native", model={"any_size": True})
+    held = {
+        "SEGSERVE_MODEL_REPOSITORY": str(repo),
+        "SEGSERVE_MAX_BATCH_PIXELS": str(2 * 32 * 32),
+        "SEGSERVE_MAX_BATCH_DELAY_MS": "300",
+        "SEGSERVE_BATCH_EAGER": "false",
+    }
+    images = [noise(32, 32, seed=i) for i in range(8)]
+    with running_server(held, tmp_path / "server.log") as server:
+
+        def one(image: Image.Image) -> np.ndarray:
+            with server.client() as client:
+                return segment(client, image)
+
+        with ThreadPoolExecutor(len(images)) as pool:
+            for image, labels in zip(images, pool.map(one, images), strict=True):
+                assert (labels == expected_labels(np.asarray(image))).all()
+        with server.client() as client:
+            samples = metric_samples(client)
+    version = {("model", "colour"), ("version", "1")}
+    batches = samples[("segserve_batch_size_count", frozenset(version))]
+    at_most_two = samples[("segserve_batch_size_bucket", frozenset(version | {("le", "2.0")}))]
+    assert batches >= 4
+    assert at_most_two == batches
