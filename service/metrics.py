@@ -96,6 +96,20 @@ def observe_request(
         REJECTIONS.labels(model, reason or f"http_{status}").inc()
 
 
+def forget_version(model: str, version: str, provider: str) -> None:
+    """Drop the series of a version no longer served (its queue, batch and inference figures
+    and its loaded flag), so that a server swapping versions for months keeps only the served
+    ones'. Not for a version replaced by a new file: that one still reports through them."""
+    # With several processes a series lives on in this process's file: zeros say it is gone.
+    MODEL_INFO.labels(model, version, provider).set(0)
+    QUEUE_DEPTH.labels(model, version).set(0)
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        return
+    for metric in (QUEUE_WAIT, INFERENCE_TIME, BATCH_SIZE, QUEUE_DEPTH):
+        metric.remove(model, version)
+    MODEL_INFO.remove(model, version, provider)
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition (of every server process, when there are several) and its type."""
     if os.environ.get(MULTIPROCESS_DIR_ENV):
