@@ -276,8 +276,12 @@ def _release_options(p: argparse.ArgumentParser, family: str) -> None:
 
 def _annotate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="the ONNX model to annotate")
-    p.add_argument("--out", type=Path, help="write here instead of in place")
-    p.add_argument("--card", type=Path, help="a card as JSON; the options below are then ignored")
+    p.add_argument("--out", type=Path, help="write here (its folder made) instead of in place")
+    p.add_argument(
+        "--card",
+        type=Path,
+        help="a card as JSON; the options below but --output and --layout are then ignored",
+    )
     p.add_argument("--name", help="model name ([A-Za-z0-9._-])")
     p.add_argument("--labels", help="class labels in id order, comma-separated, background first")
     p.add_argument(

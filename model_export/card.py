@@ -111,10 +111,13 @@ def card_of_file(path: Path) -> ModelCard:
 
 
 def write_card(path: Path, card: ModelCard, out: Path | None = None) -> None:
-    """Replace the card in ``path`` (keeping any other metadata), saving to ``out`` or in place."""
+    """Replace the card in ``path`` (keeping any other metadata), saving to ``out`` (its folder
+    made when missing: ``models/<name>/<version>/`` of a new model) or in place."""
     model = load_onnx(path)
     helper.set_model_props(model, _metadata(model) | card.to_metadata())
-    onnx.save(model, str(out or path))
+    target = out or path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
 
 
 def _metadata(model: onnx.ModelProto) -> dict[str, str]:
