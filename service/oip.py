@@ -20,7 +20,16 @@ from service import oip_infer, oip_wire
 from service.access import access_record
 from service.core import Service
 from service.errors import InvalidRequest, ServiceError
-from service.oip_infer import DTYPES, IMAGE, INPUT, OUTPUTS, PLATFORM, model_version, served_model
+from service.oip_infer import (
+    DTYPES,
+    IMAGE,
+    INPUT,
+    OUTPUTS,
+    PLATFORM,
+    SCORES,
+    model_version,
+    served_model,
+)
 from service.protocol import disconnected, read_body
 
 router = APIRouter(prefix="/v2", include_in_schema=False)  # the protocol's own spec documents it
@@ -94,6 +103,11 @@ async def model_config(request: Request, name: str, version: str | None = None) 
             {"name": "labels", "data_type": "TYPE_UINT8", "dims": [-1, -1]},
             {"name": "png", "data_type": "TYPE_STRING", **scalar},
             {"name": "rle", "data_type": "TYPE_STRING", **scalar},
+            {
+                "name": SCORES,
+                "data_type": "TYPE_FP32",
+                "dims": [served.card.num_classes, spec.height, spec.width],
+            },
         ],
         "dynamic_batching": {
             "max_queue_delay_microseconds": round(settings.max_batch_delay_ms * 1000),

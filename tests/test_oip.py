@@ -102,7 +102,9 @@ def test_model_config_is_tritons(triton: InferenceServerClient) -> None:
     inputs = {i["name"]: i for i in config["input"]}
     assert inputs["input"]["dims"] == [3, SIDE, SIDE]
     assert inputs["image"]["data_type"] == "TYPE_STRING"
-    assert [o["name"] for o in config["output"]] == list(OUTPUTS)
+    outputs = {o["name"]: o for o in config["output"]}
+    assert list(outputs) == [*OUTPUTS, "scores"]  # as the metadata lists them
+    assert outputs["scores"]["dims"] == [3, SIDE, SIDE]
     assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
 
 
