@@ -5,7 +5,7 @@ A pure ASGI middleware (no extra task, the body untouched) that sees the final s
 answer, errors included: it sits outside everything that may answer (the API key check and the
 upload budget too), inside the request id. The route, or the middleware that refused the
 request, fills in what only it knows (model, format, error code) through the ``AccessRecord``
-in the scope's state (``request.state.access``; ``record_of(scope)``).
+in the scope's state (``request.state.access``; errors: ``note_error``).
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ def access_record(request: Request) -> AccessRecord:
     return record
 
 
-def record_of(scope: Scope) -> AccessRecord | None:
-    """The access record of the request of ``scope`` (None outside ``AccessLog``, as in a bare
-    ``TestClient``)."""
+def note_error(scope: Scope, code: str, rejection: str | None = None) -> None:
+    """Write an error answer's problem ``code`` into the request's access record, and the
+    rejection metric's reason where it is not the code (nothing outside ``AccessLog``, as in a
+    bare ``TestClient``)."""
     record: AccessRecord | None = scope.get("state", {}).get("access")
-    return record
+    if record is not None:
+        record.error_code, record.rejection = code, rejection
 
 
 class AccessLog:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.access import record_of
+from service.access import note_error
 from service.errors import InvalidParameter, ServiceError
 from service.semantics import slashless_route
 
@@ -77,7 +77,7 @@ def install_error_handlers(
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        _note(request.scope, exc.code)
+        note_error(request.scope, exc.code)
         return error_answer(request.scope["path"], exc)
 
     @app.exception_handler(RequestValidationError)
@@ -87,7 +87,7 @@ def install_error_handlers(
             for err in exc.errors()
         )
         error = InvalidParameter(details or "invalid request parameters")
-        _note(request.scope, error.code)
+        note_error(request.scope, error.code)
         if describe_invalid is not None:
             describe_invalid(request)
         return error_answer(request.scope["path"], error)
@@ -95,7 +95,7 @@ def install_error_handlers(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-        _note(request.scope, code)
+        note_error(request.scope, code)
         headers = dict(exc.headers or {})
         if is_oip(request.scope["path"]):
             return oip_error(exc.status_code, str(exc.detail), headers)
@@ -126,7 +126,7 @@ class UnexpectedErrors:
             await self.app(scope, receive, send_and_watch)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            _note(scope, "internal_error")
+            note_error(scope, "internal_error")
             if started:
                 return
             detail = "The server failed to process the request."
@@ -135,13 +135,6 @@ class UnexpectedErrors:
             else:
                 answer = problem(500, "internal_error", "Internal server error", detail)
             await answer(scope, receive, send)
-
-
-def _note(scope: Scope, code: str) -> None:
-    """Write ``code`` into the request's access record, where there is one."""
-    record = record_of(scope)
-    if record is not None:
-        record.error_code = code
 
 
 def _not_found_detail(request: Request) -> str:

@@ -36,7 +36,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.access import record_of
+from service.access import note_error
 from service.context import request_id_var
 from service.errors import Overloaded, Unauthorized
 from service.problems import error_answer
@@ -119,7 +119,7 @@ class ApiKeyMiddleware:
             "invalid" if token else "no",
             extra={"client": client[0] if client else None},
         )
-        _refused(scope, Unauthorized.code)
+        note_error(scope, Unauthorized.code)
         if token is None:
             error = Unauthorized(
                 "Send an API key as 'Authorization: Bearer <key>'.",
@@ -175,7 +175,7 @@ class BodyBudgetMiddleware:
                 self.reserved_bytes,
                 size,
             )
-            _refused(scope, Overloaded.code, rejection="body_budget")
+            note_error(scope, Overloaded.code, rejection="body_budget")
             error = Overloaded(
                 f"the server is holding too many uploads ({self.reserved_bytes} bytes); retry later"
             )
@@ -227,14 +227,6 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
-
-
-def _refused(scope: Scope, code: str, rejection: str | None = None) -> None:
-    """Note a refusal in the request's access record: its problem ``code`` for the log line,
-    ``rejection`` for the metrics where it is not the code."""
-    record = record_of(scope)
-    if record is not None:
-        record.error_code, record.rejection = code, rejection
 
 
 def _digest(value: bytes) -> bytes:
