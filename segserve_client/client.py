@@ -24,11 +24,13 @@ _TIMING = re.compile(r"(\w+);dur=([\d.]+)")
 
 class SegserveError(Exception):
     """A failed request: ``status`` (0 when no answer came), the problem ``code`` (or, with no
-    answer, ``timeout`` / ``connection_error``) and its ``detail``."""
+    answer, ``timeout`` / ``connection_error``), its ``detail``, and the ``attempts`` it took
+    (1 + the retries)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, attempts: int = 1) -> None:
         super().__init__(f"{status} {code}: {detail}" if status else f"{code}: {detail}")
         self.status, self.code, self.detail = status, code, detail
+        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ class Client:
         self._http.close()
 
     def models(self) -> dict[str, Any]:
-        """``GET /models``: the served models, their versions and classes."""
-        response = self._http.get("/models")
+        """``GET /models``: the served models, their versions and classes. Raises
+        SegserveError."""
+        response = _send(lambda: self._http.get("/models"))
         _raise_for_problem(response)
         result: dict[str, Any] = response.json()
         return result
@@ -113,7 +116,7 @@ class Client:
         attempt = 0
         while True:
             attempt += 1
-            response = _send(lambda: self._http.post("/segment", **request))
+            response = _send(lambda: self._http.post("/segment", **request), attempt)
             wait_s = _retry_wait_s(response, attempt, self._settings)
             if wait_s is None:
                 return _segmentation(response, attempt)
@@ -151,7 +154,10 @@ class AsyncClient:
         await self._http.aclose()
 
     async def models(self) -> dict[str, Any]:
-        response = await self._http.get("/models")
+        try:
+            response = await self._http.get("/models")
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
         _raise_for_problem(response)
         result: dict[str, Any] = response.json()
         return result
@@ -172,7 +178,7 @@ class AsyncClient:
             try:
                 response = await self._http.post("/segment", **request)
             except httpx.HTTPError as exc:
-                raise _transport_error(exc) from exc
+                raise _transport_error(exc, attempt) from exc
             wait_s = _retry_wait_s(response, attempt, self._settings)
             if wait_s is None:
                 return _segmentation(response, attempt)
@@ -200,17 +206,17 @@ def _segment_request(
     return {"content": data, "params": params, "headers": headers}
 
 
-def _send(post: Any) -> httpx.Response:
+def _send(call: Any, attempts: int = 1) -> httpx.Response:
     try:
-        response: httpx.Response = post()
+        response: httpx.Response = call()
     except httpx.HTTPError as exc:
-        raise _transport_error(exc) from exc
+        raise _transport_error(exc, attempts) from exc
     return response
 
 
-def _transport_error(exc: httpx.HTTPError) -> SegserveError:
+def _transport_error(exc: httpx.HTTPError, attempts: int = 1) -> SegserveError:
     code = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
-    return SegserveError(0, code, str(exc) or type(exc).__name__)
+    return SegserveError(0, code, str(exc) or type(exc).__name__, attempts)
 
 
 def _retry_wait_s(response: httpx.Response, attempt: int, settings: _Settings) -> float | None:
@@ -224,7 +230,7 @@ def _retry_wait_s(response: httpx.Response, attempt: int, settings: _Settings) -
     return max(0.0, min(wait_s, settings.max_retry_wait_s))
 
 
-def _raise_for_problem(response: httpx.Response) -> None:
+def _raise_for_problem(response: httpx.Response, attempts: int = 1) -> None:
     if response.is_success:
         return
     try:
@@ -232,11 +238,11 @@ def _raise_for_problem(response: httpx.Response) -> None:
         code, detail = str(problem["code"]), str(problem["detail"])
     except (ValueError, KeyError, TypeError):
         code, detail = f"http_{response.status_code}", response.text[:200]
-    raise SegserveError(response.status_code, code, detail)
+    raise SegserveError(response.status_code, code, detail, attempts)
 
 
 def _segmentation(response: httpx.Response, attempts: int) -> Segmentation:
-    _raise_for_problem(response)
+    _raise_for_problem(response, attempts)
     headers = response.headers
     return Segmentation(
         content=response.content,

@@ -98,6 +98,7 @@ async def segment_folder(
                 result = await client.segment(source / image, fmt=fmt, **options)
             except SegserveError as exc:
                 summary.errors[exc.code] += 1
+                summary.retries += exc.attempts - 1
                 reporter.failure(image, exc)
             else:
                 _write_atomically(output_path(out, image, fmt), result.content)

@@ -74,9 +74,11 @@ def test_errors_carry_the_problem_code(server: Server, tmp_path: Path) -> None:
         with pytest.raises(SegserveError) as unknown:
             client.segment(encoded(scene(1)), model="nope")
         assert unknown.value.code == "model_not_found"
-    with Client("http://127.0.0.1:9", timeout_s=2) as nowhere, pytest.raises(SegserveError) as down:
-        nowhere.segment(encoded(scene(1)))
-    assert (down.value.status, down.value.code) == (0, "connection_error")
+    with Client("http://127.0.0.1:9", timeout_s=2) as nowhere:
+        for call in (lambda: nowhere.segment(encoded(scene(1))), nowhere.models):
+            with pytest.raises(SegserveError) as down:
+                call()
+            assert (down.value.status, down.value.code) == (0, "connection_error")
 
 
 def test_async_client_segments_concurrently(server: Server) -> None:
@@ -171,6 +173,14 @@ def test_cli_retries_a_server_that_sheds_load(tiny_repo: Path, tmp_path: Path) -
         assert shed.returncode == 1
         assert "errors by code: overloaded" in shed.stdout
 
+        # One retry each: every refusal but a failed image's last is retried, and counted.
+        before = overloaded(server)
+        once = cli(server, "--max-retry-wait", "0", "--retries", "1",
+                   "segment", str(source), "--out", str(tmp_path / "c"), "-j", "8")  # fmt: skip
+        failed = int(once.stdout.split("failed ")[1].split(" of")[0])
+        retries = int(once.stdout.split(" retries")[0].rsplit(" ", 1)[1])
+        assert retries == overloaded(server) - before - failed
+
         run = cli(
             server,
             "--max-retry-wait",
@@ -192,11 +202,15 @@ def test_cli_retries_a_server_that_sheds_load(tiny_repo: Path, tmp_path: Path) -
         assert honoured[0] == 2  # attempts of the image that was refused once
         assert 1.0 <= honoured[1] < 5.0  # it waited out Retry-After: 1, then was served
 
-        with server.client() as client:
-            samples = metric_samples(client)
-        overloaded = sum(
-            v
-            for (name, labels), v in samples.items()
-            if name == "segserve_rejections_total" and ("reason", "overloaded") in labels
-        )
-        assert overloaded >= retries
+        assert overloaded(server) >= retries
+
+
+def overloaded(server: Server) -> float:
+    """The server's refusals for a full queue so far."""
+    with server.client() as client:
+        samples = metric_samples(client)
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "segserve_rejections_total" and ("reason", "overloaded") in labels
+    )
