@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
 
-from tests.images import scene
-from tests.support import ROOT, Server, running_server
+from tests.images import quadrants, scene
+from tests.support import ROOT, TINY_LABELS, Server, running_server, tiny_card, tiny_model
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -153,6 +155,51 @@ def test_the_input_policy_can_be_chosen(browser: webdriver.Chrome, bundled: Serv
     wait(browser, lambda b: legend_labels(b) == expected)
 
 
+def _upload(browser: webdriver.Chrome, server: Server, image: Path) -> object:
+    browser.get(server.base_url + "/")
+    wait(browser, lambda b: Select(b.find_element(By.ID, "model")).options)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    return wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, "#overlay[data-ready='true']"))
+
+
+def test_classes_that_share_a_colour_are_told_apart(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """The page reads class ids from the PNG itself: a card may give two classes one colour."""
+    card = tiny_card()
+    black = card.classes[0].color
+    classes = [c.model_copy(update={"color": black}) if c.id == 1 else c for c in card.classes]
+    path = tmp_path / "models" / "tiny" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(tiny_model(card.model_copy(update={"classes": classes})), path)
+    image = tmp_path / "quadrants.png"
+    quadrants(64, 48).save(image)  # red, green / blue, white: classes 1, 2 / 0, 0
+    env = {"SEGSERVE_MODEL_REPOSITORY": str(tmp_path / "models")}
+    with running_server(env, tmp_path / "server.log") as server:
+        overlay = _upload(browser, server, image)
+        assert legend_labels(browser) == reported_labels(server, image) == TINY_LABELS
+        shares = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#legend td.share")]
+        assert shares == ["50.0 %", "25.0 %", "25.0 %"]
+    # The red quadrant, drawn in the background's black, is painted; the background is not.
+    corners = browser.execute_script(
+        "const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height);"
+        "return [d.data[3], d.data[d.data.length - 1]];",
+        overlay,
+    )
+    assert corners == [255, 0]
+
+
+def test_an_image_the_browser_cannot_show_still_shows_its_mask(
+    browser: webdriver.Chrome, open_server: Server, tmp_path: Path
+) -> None:
+    image = tmp_path / "quadrants.tif"
+    quadrants(64, 48).save(image)  # TIFF: segserve reads it, Chromium does not
+    overlay = _upload(browser, open_server, image)
+    assert legend_labels(browser) == reported_labels(open_server, image)
+    height = browser.execute_script("return arguments[0].getBoundingClientRect().height;", overlay)
+    assert height > 100  # the mask stands alone at its own aspect ratio, not squashed to 0
+
+
 @pytest.fixture(scope="module")
 def open_server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {"SEGSERVE_MODEL_REPOSITORY": str(tiny_repo)}
@@ -170,6 +217,18 @@ def test_swagger_ui_renders_the_operations_from_bundled_assets(
         for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
     }
     assert {"/segment", "/models", "/models/{name}", "/healthz", "/readyz"} <= paths
+    assert_only_this_server_was_asked(browser, open_server)
+
+
+def assert_only_this_server_was_asked(browser: webdriver.Chrome, server: Server) -> None:
+    """No request of the page went anywhere but to ``server`` (data: URIs aside)."""
+    time.sleep(0.5)  # images and fonts start after the text is shown
+    asked = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name);"
+    )
+    elsewhere = [url for url in asked if not url.startswith((server.base_url, "data:"))]
+    assert asked
+    assert not elsewhere, elsewhere
 
 
 def test_redoc_renders_the_operations_from_bundled_assets(
@@ -179,6 +238,7 @@ def test_redoc_renders_the_operations_from_bundled_assets(
     wait(browser, lambda b: "Segment one image" in b.find_element(By.TAG_NAME, "body").text)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "All served models" in body
+    assert_only_this_server_was_asked(browser, open_server)
 
 
 def test_swagger_try_it_out_on_segment_shows_the_mask(

@@ -140,30 +140,74 @@ async function segment() {
   if (!$("status").classList.contains("error")) setStatus("");
 }
 
-function colorKey(r, g, b) {
-  return (r << 16) | (g << 8) | b;
+// The class id of every pixel, read from the palette PNG's own bytes (8-bit, as segserve
+// writes it): the browser's decoder gives colours, and two classes of a card may share one.
+async function classIds(maskBlob) {
+  const bytes = new Uint8Array(await maskBlob.arrayBuffer());
+  const view = new DataView(bytes.buffer);
+  const compressed = [];
+  let width = 0;
+  let height = 0;
+  for (let at = 8; at + 8 <= bytes.length; ) {
+    const length = view.getUint32(at);
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    if (type === "IHDR") [width, height] = [view.getUint32(at + 8), view.getUint32(at + 12)];
+    if (type === "IDAT") compressed.push(bytes.subarray(at + 8, at + 8 + length));
+    at += 12 + length;
+  }
+  const inflated = new Blob(compressed).stream().pipeThrough(new DecompressionStream("deflate"));
+  const rows = new Uint8Array(await new Response(inflated).arrayBuffer());
+  const ids = new Uint8Array(width * height);
+  for (let y = 0; y < height; y++) {
+    const filter = rows[y * (width + 1)];
+    const line = rows.subarray(y * (width + 1) + 1, (y + 1) * (width + 1));
+    const out = ids.subarray(y * width, (y + 1) * width);
+    const up = y ? ids.subarray((y - 1) * width, y * width) : new Uint8Array(width);
+    for (let x = 0; x < width; x++) {
+      const a = x ? out[x - 1] : 0;
+      const b = up[x];
+      const c = x ? up[x - 1] : 0;
+      out[x] = (line[x] + predict(filter, a, b, c)) & 255;
+    }
+  }
+  return { width, height, ids };
 }
 
-// Draw the palette PNG on the canvas with the background class transparent; count each class.
+// PNG's filter predictors (RFC 2083, 6.2): none, left, up, their average, Paeth.
+function predict(filter, a, b, c) {
+  if (filter === 1) return a;
+  if (filter === 2) return b;
+  if (filter === 3) return (a + b) >> 1;
+  if (filter === 4) {
+    const p = a + b - c;
+    const [pa, pb, pc] = [Math.abs(p - a), Math.abs(p - b), Math.abs(p - c)];
+    return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+  }
+  return 0;
+}
+
+// Paint the class colours on the canvas with the background class transparent; count each class.
 async function drawOverlay(maskBlob, classes) {
-  const bitmap = await createImageBitmap(maskBlob);
+  const { width, height, ids } = await classIds(maskBlob);
   const canvas = $("overlay");
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(bitmap, 0, 0);
-  const pixels = context.getImageData(0, 0, bitmap.width, bitmap.height);
-  const idOf = new Map(classes.map((c) => [colorKey(...c.color), c.id]));
-  const counts = new Map();
-  const data = pixels.data;
-  for (let i = 0; i < data.length; i += 4) {
-    const id = idOf.get(colorKey(data[i], data[i + 1], data[i + 2]));
-    counts.set(id, (counts.get(id) || 0) + 1);
-    if (id === 0) data[i + 3] = 0;
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(width, height);
+  const rgba = new Uint32Array(256); // little-endian words: 0xAABBGGRR
+  for (const c of classes) {
+    const [r, g, b] = c.color;
+    rgba[c.id] = ((c.id === 0 ? 0 : 255) << 24) | (b << 16) | (g << 8) | r;
+  }
+  const painted = new Uint32Array(pixels.data.buffer);
+  const perClass = new Uint32Array(256);
+  for (let i = 0; i < ids.length; i++) {
+    painted[i] = rgba[ids[i]];
+    perClass[ids[i]] += 1;
   }
   context.putImageData(pixels, 0, 0);
   canvas.style.opacity = $("opacity").value;
-  return counts;
+  return new Map([...perClass.entries()].filter(([, n]) => n));
 }
 
 function showLegend(counts, classes) {
@@ -208,6 +252,10 @@ function showTiming(header, roundTripMs, answeredBy) {
 }
 
 // -- wiring ---------------------------------------------------------------------------------------
+// An image the browser cannot show (TIFF in most browsers) is still segmented: the mask then
+// stands alone, at its own size, instead of over a picture of no height.
+$("under").addEventListener("error", () => $("stack").classList.add("mask-alone"));
+$("under").addEventListener("load", () => $("stack").classList.remove("mask-alone"));
 $("file").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (file) useImage(file, file.name);
