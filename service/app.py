@@ -22,7 +22,7 @@ from service import api, apidocs, oip, page, repository_api
 from service.access import AccessLog
 from service.control import ModelControl
 from service.core import Service, lone_process
-from service.problems import UnexpectedErrors, install_error_handlers
+from service.problems import LastResort, install_error_handlers
 from service.repository import ModelRepository
 from service.security import RequestIdMiddleware, install_security
 from service.semantics import HeadAsGet
@@ -59,7 +59,7 @@ def create_app(
     install_error_handlers(app, describe_invalid=api.describe_invalid_segment)
     # Each middleware added wraps those added before it: innermost first.
     app.add_middleware(api.SegmentDoor)  # the ones added after it see /segment too
-    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(LastResort)
     app.add_middleware(HeadAsGet)  # inside the access log, which records the HEAD
     # The page and the docs' assets hold no data (the page's calls to the API carry the key
     # typed into it): they need no key.

@@ -1,7 +1,7 @@
 """The one place that turns errors into answers: every ``ServiceError`` by the status and
-``code`` it carries, plus what FastAPI and Starlette raise themselves, plus anything unexpected
-(``UnexpectedErrors``, inside the request id and the access log, so that its answer carries the
-id and its line the code). Each handler also writes the problem ``code`` into the request's
+``code`` it carries, plus what FastAPI and Starlette raise themselves, plus what nothing else
+answers (``LastResort``, inside the request id and the access log, so that its answer carries
+the id and its line the code). Each handler also writes the problem ``code`` into the request's
 access record (``service.access``).
 
 segserve's own routes answer problem+json (RFC 9457). The Open Inference Protocol routes
@@ -11,6 +11,7 @@ inference_rest.md), with the same status except that a bad request is 400 there,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.access import note_error
-from service.errors import InvalidParameter, ServiceError
+from service.errors import InvalidParameter, NotReady, ServiceError
 from service.semantics import slashless_route
 
 log = logging.getLogger("segserve.errors")
@@ -103,10 +104,12 @@ def install_error_handlers(
         return problem(exc.status_code, code, title, detail, headers)
 
 
-class UnexpectedErrors:
-    """The last resort: an exception no handler maps (a bug) is logged with its traceback and
-    the request's id, and answered 500 ``internal_error`` without details. An answer already
-    under way is cut off instead (the server closes the connection)."""
+class LastResort:
+    """What no handler answers. An exception no handler maps (a bug) is logged with its
+    traceback and the request's id, and answered 500 ``internal_error`` without details; a
+    request still running when the shutdown timeout ends (the server cancels it) is answered
+    503 ``not_ready``, so that the client may retry elsewhere. An answer already under way is
+    cut off instead (the server closes the connection)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -124,6 +127,13 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, send_and_watch)
+        except asyncio.CancelledError:
+            # Only the server cancels a request's task: its shutdown timeout has ended. The
+            # request ends here, answered; the server is stopping either way.
+            note_error(scope, NotReady.code)
+            if not started:
+                stopped = NotReady("the server stopped before this request was answered")
+                await error_answer(scope["path"], stopped)(scope, receive, send)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             note_error(scope, "internal_error")

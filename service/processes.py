@@ -31,7 +31,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from prometheus_client import multiprocess
 
 from service import metrics
 from service.errors import ModelLoadError
+from service.listen import bound_socket, cannot_listen
 from service.logs import configure_logging
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -60,6 +60,10 @@ def supervise(settings: Settings) -> int:
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    try:  # a port held by anyone, even a program sharing it by SO_REUSEPORT, is refused
+        bound_socket(settings.host, settings.port).close()
+    except OSError as exc:
+        return cannot_listen(settings.host, settings.port, exc)
     with tempfile.TemporaryDirectory(prefix="segserve-metrics-") as metrics_dir:
         os.environ[metrics.MULTIPROCESS_DIR_ENV] = metrics_dir
         spawn = multiprocessing.get_context("spawn")
@@ -135,8 +139,8 @@ def _serve_one(listening: Synchronized[int]) -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        sock = _bind(settings.host, settings.port)
-    except OSError as exc:  # address in use by another program, not ours to bind, ...
+        sock = bound_socket(settings.host, settings.port, shared=True)
+    except OSError as exc:  # taken since the supervisor found it free
         log.error("cannot bind %s:%d: %s", settings.host, settings.port, exc)
         sys.exit(1)
     sys.exit(
@@ -147,15 +151,3 @@ def _serve_one(listening: Synchronized[int]) -> None:
             all_listening=lambda: listening.value >= settings.processes,
         )
     )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Bound, not yet listening: uvicorn listens once the app's startup (model loading) is done."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock

@@ -15,13 +15,11 @@ import uvicorn
 from service.app import create_app
 from service.core import Service, lone_process
 from service.errors import ModelLoadError
+from service.listen import bound_socket, cannot_listen
 from service.repository import ModelRepository
 from service.settings import Settings
 
 log = logging.getLogger("segserve")
-
-# Exit status when the listen address cannot be had (uvicorn's own start-up failure status).
-EXIT_CANNOT_LISTEN = 3
 
 
 class DrainingServer(uvicorn.Server):
@@ -48,9 +46,8 @@ class DrainingServer(uvicorn.Server):
         # Not calling super(): uvicorn would re-raise the signal after shutdown, and the process
         # would die by SIGTERM instead of exiting 0.
         self.service.begin_drain()
-        if self.stop_at is not None:  # a second signal: stop now; a second Ctrl-C: at once
-            self.should_exit = True
-            self.force_exit = self.force_exit or sig == signal.SIGINT
+        if self.stop_at is not None:  # a second signal, of either kind: stop at once
+            self.should_exit = self.force_exit = True
             return
         delay = 0.0 if sig == signal.SIGINT else self.drain_delay_s
         self.stop_at = time.monotonic() + delay
@@ -95,16 +92,9 @@ def serve(
     ``all_listening`` says whether every process does (readiness waits for it)."""
     if sockets is None:
         try:
-            sockets = [_bound_socket(settings.host, settings.port)]
+            sockets = [bound_socket(settings.host, settings.port)]
         except OSError as exc:
-            log.error(
-                "cannot listen on %s:%d (%s); choose a free port with SEGSERVE_PORT "
-                "(or another address with SEGSERVE_HOST)",
-                settings.host,
-                settings.port,
-                exc.strerror or exc,
-            )
-            return EXIT_CANNOT_LISTEN
+            return cannot_listen(settings.host, settings.port, exc)
     try:
         repository = ModelRepository.scan(settings.model_repository, settings.default_model)
     except ModelLoadError as exc:
@@ -126,19 +116,3 @@ def serve(
     if not server.started:
         return 1
     return server.exit_code
-
-
-def _bound_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port``, not yet listening (uvicorn listens on it). Bound
-    here, before any model loads, so a port in use ends the process at once with one line."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock

@@ -81,7 +81,7 @@ def all_service_modules() -> list[str]:
 
 
 def test_every_service_module_is_placed_in_a_layer() -> None:
-    entry = {"__main__", "processes", "logs"}
+    entry = {"__main__", "processes", "listen", "logs"}
     assert set(all_service_modules()) == CORE | EDGE | entry
 
 

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from tests.images import encoded, scene
 from tests.support import (
     HOLDING,
+    Server,
     expected_mask,
     png_labels,
     queue_depth,
@@ -144,3 +146,58 @@ def test_what_is_alive_once_loaded_is_frozen_out_of_the_collector(tmp_path: Path
     before, after, loaded = result.stdout.split()
     assert (int(before), loaded) == (0, "True")
     assert int(after) > 10_000  # the modules, ONNX Runtime's bindings, the card, the batcher
+
+
+def _holding_server(tmp_path: Path, **settings: str) -> Server:
+    """A server whose batches wait 6 s for company: a request stays queued that long."""
+    write_tiny_model(tmp_path / "models", "tiny", 1, size=32)
+    env = {
+        "SEGSERVE_MODEL_REPOSITORY": str(tmp_path / "models"),
+        **HOLDING,
+        "SEGSERVE_MAX_BATCH_DELAY_MS": "6000",
+        **{f"SEGSERVE_{k.upper()}": v for k, v in settings.items()},
+    }
+    return start_server(env, tmp_path / "server.log")
+
+
+def test_a_request_cut_off_by_the_shutdown_timeout_is_answered_503(tmp_path: Path) -> None:
+    server = _holding_server(tmp_path, shutdown_timeout_s="1")
+    try:
+        with server.client() as client, ThreadPoolExecutor(1) as pool:
+            headers = {"Content-Type": "image/png", "X-Request-ID": "cut-off"}
+            body = encoded(scene(1))
+            pending = pool.submit(client.post, "/segment", content=body, headers=headers)
+            wait_for(lambda: queue_depth(server) == 1)
+            server.process.send_signal(signal.SIGTERM)
+            response = pending.result(timeout=30)
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "not_ready"
+        assert response.headers["x-request-id"] == "cut-off"
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    (line,) = [
+        json.loads(text)
+        for text in server.log().splitlines()
+        if '"cut-off"' in text and "segserve.access" in text
+    ]
+    assert (line["status"], line["error"]) == (503, "not_ready")
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    """The first SIGTERM starts a 30 s drain; the second ends it and the queued request with it."""
+    server = _holding_server(tmp_path, drain_delay_s="30")
+    try:
+        with server.client() as client, ThreadPoolExecutor(1) as pool:
+            headers = {"Content-Type": "image/png"}
+            pool.submit(client.post, "/segment", content=encoded(scene(1)), headers=headers)
+            wait_for(lambda: queue_depth(server) == 1)
+            server.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: "draining" in server.log())
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(timeout=30)
+            assert time.monotonic() - signalled < 3.0  # not the drain, not the 6 s batch
+    finally:
+        server.stop()

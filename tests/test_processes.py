@@ -161,12 +161,21 @@ def test_a_process_that_dies_stops_the_server_with_exit_1(tmp_path: Path) -> Non
     assert "exited with -9; stopping the others" in server.log()
 
 
-@pytest.mark.parametrize("failure", ["corrupt model", "port taken"])
-def test_a_process_that_cannot_start_stops_the_server_with_exit_1(
-    tmp_path: Path, failure: str
+@pytest.mark.parametrize(
+    ("failure", "code", "expected"),
+    [
+        ("corrupt model", 1, "cannot load"),
+        ("port taken", 3, "SEGSERVE_PORT"),
+        ("port shared", 3, "SEGSERVE_PORT"),  # held by a program that also sets SO_REUSEPORT
+    ],
+)
+def test_a_server_that_cannot_start_stops_every_process(
+    tmp_path: Path, failure: str, code: int, expected: str
 ) -> None:
     env = _env(tmp_path)
-    taken = socket.socket()  # listening without SO_REUSEPORT: nobody else may bind the port
+    taken = socket.socket()
+    if failure == "port shared":
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     if failure == "corrupt model":
@@ -176,7 +185,7 @@ def test_a_process_that_cannot_start_stops_the_server_with_exit_1(
         env["SEGSERVE_PORT"] = str(taken.getsockname()[1])
     server = start_server(env, tmp_path / "server.log", wait_ready=False)
     try:
-        assert server.process.wait(timeout=60) == 1
+        assert server.process.wait(timeout=60) == code
     except subprocess.TimeoutExpired:
         pytest.fail(f"server did not exit:\n{server.log()}")
     finally:
@@ -185,7 +194,6 @@ def test_a_process_that_cannot_start_stops_the_server_with_exit_1(
     errors = [
         line for line in map(json.loads, server.log().splitlines()) if line["level"] == "error"
     ]
-    expected = "cannot load" if failure == "corrupt model" else "cannot bind"
     assert any(expected in line["message"] for line in errors), server.log()
     time.sleep(0.5)
     assert not _children(server.process.pid)
