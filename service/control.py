@@ -14,8 +14,9 @@ one that can: it is logged, counted (``segserve_model_loads_total{outcome="faile
 with its reason, and the version served before keeps serving. It is tried again once its file
 changes. A model whose version policy cannot be read keeps its served versions as they are (the
 other models follow the folder), and a folder with no model at all changes nothing: an empty
-folder is more likely a volume that is not mounted than every model withdrawn. Modelled on
-Triton's model control modes and repository extension.
+folder is more likely a volume that is not mounted than every model withdrawn. The reasons
+clients see name files relative to the repository (``public``); the log has them whole.
+Modelled on Triton's model control modes and repository extension.
 
     control = ModelControl(service)
     await control.sync()            # serve what the folder holds now; sync("name"): one model
@@ -116,6 +117,14 @@ class ModelControl:
         """Wait for the versions being released."""
         await asyncio.gather(*self._retiring)
 
+    def public(self, reason: str) -> str:
+        """``reason`` as a client may see it: files named relative to the repository folder, so
+        no answer tells where the server keeps its files."""
+        root = self.service.settings.model_repository
+        for prefix in (str(root.resolve()), str(root)):  # the longer first
+            reason = reason.replace(prefix + "/", "")
+        return reason
+
     def _survey(self) -> Survey:
         return survey(self.service.settings.model_repository)
 
@@ -131,9 +140,9 @@ class ModelControl:
         name, version = key.rsplit(":", 1)
         _, reason = self.failed.get(key, (None, ""))
         if key in self.service.models:
-            return VersionState(name, int(version), "READY", reason)
+            return VersionState(name, int(version), "READY", self.public(reason))
         reason = reason or unreadable.get(name) or "not loaded"
-        return VersionState(name, int(version), "UNAVAILABLE", reason)
+        return VersionState(name, int(version), "UNAVAILABLE", self.public(reason))
 
     async def _apply(
         self, wanted: dict[str, ModelVersion], in_scope: Callable[[str], bool]

@@ -44,6 +44,11 @@ class TextFormatter(logging.Formatter):
         record.request_id = request_id_var.get()
         return super().format(record)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A client's path or header in a message must not start a line of its own: one record,
+        # one line (a traceback, appended after it, keeps its lines).
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
+
 
 def configure_logging(level: str, fmt: str) -> None:
     """Route every logger (uvicorn's included) to stderr in ``fmt`` ("json" or "text")."""

@@ -51,7 +51,7 @@ async def load(request: Request, name: Annotated[str, Path()]) -> dict[str, Any]
     try:
         await control.sync(name)
     except ModelLoadError as exc:
-        raise InvalidRequest(str(exc)) from exc
+        raise InvalidRequest(control.public(str(exc))) from exc
     if failures := control.failures(name):
         raise InvalidRequest(f"failed to load '{name}': {'; '.join(failures)}")
     if name not in control.service.repository.versions:

@@ -147,7 +147,11 @@ def test_a_broken_new_file_never_replaces_the_serving_version(tmp_path: Path) ->
             wait_for(reported)
             info = client.get("/models/tiny").json()
             assert [v["version"] for v in info["versions"]] == [1]  # the loaded v1 still serves
-            assert all(u["reason"] for u in info["unavailable_versions"])
+            reasons = [u["reason"] for u in info["unavailable_versions"]]
+            assert all(reasons)
+            # Files are named as the repository holds them; where it is stays in the log.
+            assert any("tiny/2/model.onnx" in reason for reason in reasons), reasons
+            assert not any(str(tmp_path) in reason for reason in reasons), reasons
             response, image = segment(client, 3)
             assert_answered_by_its_version(response, image)
             assert response.headers["X-Model-Version"] == "1"
@@ -160,6 +164,7 @@ def test_a_broken_new_file_never_replaces_the_serving_version(tmp_path: Path) ->
             assert failed == 1  # tried once per file, not on every scan
             index = client.post("/v2/repository/index").json()
         assert {(e["version"], e["state"]) for e in index} == {("1", "READY"), ("2", "UNAVAILABLE")}
+        assert not any(str(tmp_path) in e["reason"] for e in index)
     assert "cannot serve tiny:2" in server.log()
 
 

@@ -220,3 +220,14 @@ def test_keys_never_reach_the_logs(keyed: Server) -> None:
     log = keyed.log()
     assert KEYS[0] not in log
     assert "not-a-key-zzz" not in log
+
+
+def test_a_path_cannot_forge_a_text_log_line(tmp_path_factory: pytest.TempPathFactory) -> None:
+    forged = "2026-01-01 00:00:00,000 INFO segserve [-] FORGED"
+    for server in _server(tmp_path_factory, SEGSERVE_LOG_FORMAT="text"):
+        with server.client() as client:
+            assert client.get("/x%0A" + forged.replace(" ", "%20")).status_code == 404
+            client.get("/x%0D%0A" + forged.replace(" ", "%20"))
+        lines = server.log().splitlines()
+        assert not any(line.startswith(forged) for line in lines), lines[-5:]
+        assert any("\\n" + forged in line for line in lines)
