@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from model_export.architectures import ARCHITECTURES
 from model_export.checkpoint import TrainConfig
 from model_export.datasets import DATASETS
@@ -328,8 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return getattr(commands, _FUNCTIONS.get(args.command, args.command))(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: Exception) -> str:
+    """What went wrong, on one line (a card that fails validation lists each field's reason)."""
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -129,7 +129,9 @@ def _run_once(path: Path, found: Signature, size: tuple[int, int]) -> tuple[int,
     height, width = size
     shape = (1, height, width, 3) if found.layout == "NHWC" else (1, 3, height, width)
     x = np.zeros(shape, dtype=found.dtype)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 4  # a failed probe is said once, below, not in ORT's log too
+    session = ort.InferenceSession(str(path), quiet, providers=["CPUExecutionProvider"])
     try:
         (y,) = session.run([found.output.name], {found.input.name: x})
     except Exception as exc:  # ORT raises its own exception types; say what was tried

@@ -4,6 +4,8 @@ refused with one line saying why when the graph cannot be served."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from model_export.annotate import SignatureError, annotate, learn
 from model_export.card import card_of_file
 from service.model_card import InputSpec, ModelCard
 from tests import graphs
-from tests.support import TINY_LABELS, tiny_card, tiny_model
+from tests.support import ROOT, TINY_LABELS, tiny_card, tiny_model
 
 
 def _foreign(tmp_path: Path, output: str = "logits") -> Path:
@@ -241,6 +243,19 @@ def test_cli_annotate_refuses_with_one_line_saying_why(
     assert "Traceback" not in captured.err + captured.out
     assert re.search(message, line), line
     assert not onnx.load(str(path)).metadata_props, "nothing is written"
+
+
+def test_a_model_failing_on_the_probe_is_one_line_on_the_real_stderr(tmp_path: Path) -> None:
+    # In a process of its own: ONNX Runtime's logger writes to file descriptor 2, unseen by capsys.
+    path = _saved(tmp_path, _only_16())
+    run = subprocess.run(
+        [sys.executable, "-m", "model_export", "annotate", str(path), "--name", "x",
+         "--labels", ",".join(TINY_LABELS), *SIZE_32],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("error: the model failed to run on a (1, 3, 32, 32)"), line
 
 
 def test_cli_annotate_prints_what_it_learnt(

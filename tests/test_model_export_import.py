@@ -234,6 +234,9 @@ def test_a_parity_failure_writes_nothing(tmp_path: Path) -> None:
         publish(built, Release("broken", tmp_path), classes, dataset, size=32)
     assert [p.name for p in (tmp_path / "broken").iterdir()] == ["1"]
     assert not any((tmp_path / "broken" / "1").iterdir())
+    with pytest.raises(ParityError):  # a new model: not even its folder is left
+        publish(built, Release("new", tmp_path), classes, dataset, size=32)
+    assert not (tmp_path / "new").exists()
 
 
 def _labels(folder: Path, *labels: str) -> Path:

@@ -88,6 +88,7 @@ def publish(
     folder = release.repository / release.name / str(version)
     if (folder / MODEL_FILE).exists():
         raise ValueError(f"{folder / MODEL_FILE} already exists; choose another --version")
+    new_model = not folder.parent.exists()
     folder.mkdir(parents=True, exist_ok=True)
     # Written beside its final name, then renamed: a server polling the repository sees the
     # whole file or none (a version folder without model.onnx is skipped).
@@ -98,8 +99,10 @@ def publish(
         os.replace(partial, folder / MODEL_FILE)
     finally:
         partial.unlink(missing_ok=True)
-        if not any(folder.iterdir()):
+        if not any(folder.iterdir()):  # nothing written: leave the repository as it was
             folder.rmdir()
+            if new_model:
+                folder.parent.rmdir()
     return folder / MODEL_FILE, parity
 
 
