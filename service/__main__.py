@@ -6,6 +6,8 @@ Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 when the models cann
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -18,8 +20,14 @@ from service.settings import Settings
 def main() -> int:
     try:
         settings = Settings()
-    except ValidationError as exc:  # before logging is configured: say it plainly on stderr
-        print(f"segserve: invalid SEGSERVE_ settings:\n{exc}", file=sys.stderr)
+    except ValidationError as exc:
+        # One log line per invalid variable, in the log format asked for where that much is valid
+        # (values are not repeated: one of them may be an API key).
+        fmt = os.environ.get("SEGSERVE_LOG_FORMAT", "json")
+        configure_logging("info", fmt if fmt in ("json", "text") else "json")
+        for error in exc.errors():
+            variable = "SEGSERVE_" + "_".join(map(str, error["loc"])).upper()
+            logging.getLogger("segserve").error("invalid setting %s: %s", variable, error["msg"])
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if settings.processes > 1:

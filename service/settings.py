@@ -14,7 +14,11 @@ Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SEGSERVE_", frozen=True, protected_namespaces=(), extra="ignore"
+        env_prefix="SEGSERVE_",
+        frozen=True,
+        protected_namespaces=(),
+        extra="ignore",
+        allow_inf_nan=False,  # an infinite timeout or delay is no setting: a server that hangs
     )
 
     # Model repository: <model_repository>/<name>/<version>/model.onnx

@@ -119,11 +119,24 @@ def test_startup_failure_exits_non_zero_with_a_clear_message(tmp_path: Path, cas
     assert "Traceback" not in server.log()
 
 
-def test_invalid_settings_exit_2_naming_the_variable(tmp_path: Path) -> None:
-    server = start_server({"SEGSERVE_SESSIONS": "0"}, tmp_path / "server.log", wait_ready=False)
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("SEGSERVE_SESSIONS", "0", "greater than or equal to 1"),
+        ("SEGSERVE_REQUEST_TIMEOUT_MS", "inf", "finite number"),  # no endless timeout
+        ("SEGSERVE_DRAIN_DELAY_S", "infinity", "finite number"),  # no drain that never ends
+        ("SEGSERVE_PROVIDER", "gpu", "'auto', 'cpu', 'cuda' or 'tensorrt'"),
+    ],
+)
+def test_invalid_settings_exit_2_with_a_line_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, reason: str
+) -> None:
+    server = start_server({variable: value}, tmp_path / "server.log", wait_ready=False)
     assert server.process.wait(timeout=30) == 2
-    assert "sessions" in server.log()
-    assert "greater than or equal to 1" in server.log()
+    (line,) = [json.loads(text) for text in server.log().splitlines()]
+    assert line["level"] == "error"
+    assert line["message"].startswith(f"invalid setting {variable}: ")
+    assert reason in line["message"]
 
 
 def test_what_is_alive_once_loaded_is_frozen_out_of_the_collector(tmp_path: Path) -> None:
