@@ -41,7 +41,7 @@ from prometheus_client import multiprocess
 
 from service import metrics
 from service.errors import ModelLoadError
-from service.listen import bound_socket, cannot_listen
+from service.listen import bound_socket, taken
 from service.logs import configure_logging
 from service.repository import ModelRepository
 from service.settings import Settings
@@ -60,10 +60,10 @@ def supervise(settings: Settings) -> int:
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    try:  # a port held by anyone, even a program sharing it by SO_REUSEPORT, is refused
-        bound_socket(settings.host, settings.port).close()
-    except OSError as exc:
-        return cannot_listen(settings.host, settings.port, exc)
+    ports = {"SEGSERVE_PORT": settings.port, "SEGSERVE_GRPC_PORT": settings.grpc_port}
+    for setting, port in ports.items():  # the processes share them: free before any starts
+        if port is not None and (code := taken(settings.host, port, setting)) is not None:
+            return code
     with tempfile.TemporaryDirectory(prefix="segserve-metrics-") as metrics_dir:
         os.environ[metrics.MULTIPROCESS_DIR_ENV] = metrics_dir
         spawn = multiprocessing.get_context("spawn")

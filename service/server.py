@@ -15,7 +15,7 @@ import uvicorn
 from service.app import create_app
 from service.core import Service, lone_process
 from service.errors import ModelLoadError
-from service.listen import bound_socket, cannot_listen
+from service.listen import bound_socket, cannot_listen, taken
 from service.repository import ModelRepository
 from service.settings import Settings
 
@@ -90,11 +90,14 @@ def serve(
     Under ``service.processes``: ``sockets`` are bound to the port and not yet listening (they
     replace binding ``host``:``port``), ``on_listening`` is called once this process listens and
     ``all_listening`` says whether every process does (readiness waits for it)."""
-    if sockets is None:
+    if sockets is None:  # one process; several are checked by their supervisor
         try:
             sockets = [bound_socket(settings.host, settings.port)]
         except OSError as exc:
             return cannot_listen(settings.host, settings.port, exc)
+        grpc = settings.grpc_port
+        if grpc is not None and (code := taken(settings.host, grpc, "SEGSERVE_GRPC_PORT")):
+            return code
     try:
         repository = ModelRepository.scan(settings.model_repository, settings.default_model)
     except ModelLoadError as exc:

@@ -100,11 +100,18 @@ def test_the_access_log_names_every_refusal(
     assert {key: line[key] for key in expected} == expected
 
 
-def test_a_port_in_use_exits_3_naming_segserve_port(tmp_path: Path) -> None:
-    with socket.socket() as taken:
+@pytest.mark.parametrize("setting", ["SEGSERVE_PORT", "SEGSERVE_GRPC_PORT"])
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_port_in_use_exits_3_naming_its_setting(
+    tmp_path: Path, setting: str, processes: str
+) -> None:
+    with socket.socket() as taken, socket.socket() as free:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        free.bind(("127.0.0.1", 0))  # a port nobody listens on, closed before the server starts
+        port, other = taken.getsockname()[1], free.getsockname()[1]
+        free.close()
+        ports = {"SEGSERVE_PORT": other, "SEGSERVE_GRPC_PORT": other} | {setting: port}
         run = subprocess.run(
             [sys.executable, "-m", "service"],
             cwd=ROOT,
@@ -112,13 +119,15 @@ def test_a_port_in_use_exits_3_naming_segserve_port(tmp_path: Path) -> None:
                 "PATH": "/usr/bin:/bin",
                 "PYTHONPATH": str(ROOT),
                 "SEGSERVE_HOST": "127.0.0.1",
-                "SEGSERVE_PORT": str(port),
-                "SEGSERVE_MODEL_REPOSITORY": str(tmp_path),
+                "SEGSERVE_PROCESSES": processes,
+                "SEGSERVE_MODEL_REPOSITORY": str(ROOT / "models"),
+                **{name: str(value) for name, value in ports.items()},
             },
             capture_output=True,
             text=True,
             timeout=60,
         )
     assert run.returncode == 3, run.stderr
-    assert "SEGSERVE_PORT" in run.stderr
+    assert setting in run.stderr
     assert f"127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr
