@@ -1,7 +1,8 @@
 """``python -m service``: serve the model repository with uvicorn, configured by SEGSERVE_*.
 
 Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 when the models cannot be served,
-2 for invalid settings, 3 when the listen address cannot be had (port in use: SEGSERVE_PORT).
+2 for invalid settings, 3 when a listen address cannot be had (port in use: SEGSERVE_PORT or
+SEGSERVE_GRPC_PORT).
 """
 
 from __future__ import annotations
