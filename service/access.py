@@ -24,7 +24,7 @@ log = logging.getLogger("segserve.access")
 SEGMENT_PATH = "/segment"
 _OIP_MODELS, _OIP_INFER = "/v2/models/", "/infer"
 # Probes and scrapes arrive every few seconds: their lines are debug, the rest info.
-_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # Statuses that reach the client before the route runs (FastAPI's parameter validation, routing).
 _REASONS = {404: "not_found", 405: "method_not_allowed", 422: "invalid_parameter"}
 
@@ -72,7 +72,7 @@ class AccessLog:
             await send(message)
 
         path: str = scope["path"]
-        counted = is_inference(path)
+        counted = is_inference(path) and scope["method"] != "OPTIONS"  # not a CORS preflight
         if counted:
             metrics.IN_FLIGHT.inc()
         try:
@@ -84,7 +84,7 @@ class AccessLog:
                 reason = record.rejection or record.error_code or _REASONS.get(status)
                 metrics.observe_request(record.model, record.format, status, latency, reason)
             log.log(
-                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
+                logging.DEBUG if _is_probe(path) else logging.INFO,
                 "%s %s %d",
                 scope["method"],
                 path,
@@ -100,6 +100,11 @@ class AccessLog:
                     "error": record.error_code,
                 },
             )
+
+
+def _is_probe(path: str) -> bool:
+    """Health probes and scrapes, segserve's and the Open Inference Protocol's."""
+    return path in _QUIET_PATHS or (path.startswith(_OIP_MODELS) and path.endswith("/ready"))
 
 
 def is_inference(path: str) -> bool:

@@ -26,7 +26,15 @@ from service.model_card import Resize
 from service.openapi import SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES, problem_doc
 from service.pipeline import OutputFormat, SegmentOptions, StageTimes
 from service.policies import PolicyRequest
-from service.protocol import MULTIPART, disconnected, image_part, media_type, negotiate, read_body
+from service.protocol import (
+    MULTIPART,
+    accepted,
+    disconnected,
+    image_part,
+    media_type,
+    negotiate,
+    read_body,
+)
 from service.schemas import (
     Batching,
     InputInfo,
@@ -87,7 +95,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
     # would become the operation's description).
     service: Service = request.app.state.service
     record = access_record(request)
-    fmt = query.fmt or negotiate(request.headers.get("accept"))
+    fmt = query.fmt or negotiate(accepted(request.headers))
     record.format = fmt.value
     # Leased: a version swapped out meanwhile (model control) still answers this request.
     with service.lease(query.model, query.version) as served:
@@ -151,19 +159,23 @@ class SegmentDoor:
 
 def describe_invalid_segment(request: Request) -> None:
     """Fill the access record of a ``/segment`` request refused with 422 before the route ran:
-    the model, version and format its query names, where each is valid on its own."""
+    the model, version and format it would have been served with, where each is valid on its
+    own (a named model is kept when the version named beside it is not)."""
     if request.url.path != SEGMENT_PATH:
         return
     record, query = access_record(request), request.query_params
     with suppress(ValueError):
-        fmt = query.get("format") or negotiate(request.headers.get("accept"))
+        fmt = query["format"] if "format" in query else negotiate(accepted(request.headers))
         record.format = OutputFormat(fmt).value
+    repository = request.app.state.service.repository
     try:
-        version = int(query["version"]) if "version" in query else None
-        ref = request.app.state.service.repository.resolve(query.get("model"), version)
-    except (ValueError, ServiceError):
+        ref = repository.resolve(query.get("model"), None)
+    except ServiceError:
         return
-    record.model, record.version = ref.name, str(ref.version)
+    record.model = ref.name
+    with suppress(ValueError, ServiceError):
+        version = int(query["version"]) if "version" in query else None
+        record.version = str(repository.resolve(ref.name, version).version)
 
 
 def _server_timing(times: StageTimes) -> str:

@@ -35,6 +35,13 @@ _ACCEPTS = {
 }
 
 
+def accepted(headers: Headers) -> str | None:
+    """The request's ``Accept`` as one list: several ``Accept`` headers are one list joined by
+    commas (RFC 9110, 5.3)."""
+    values = headers.getlist("accept")
+    return ", ".join(values) if values else None
+
+
 def negotiate(accept: str | None) -> OutputFormat:
     """The format the ``Accept`` header prefers (highest q; ties: first listed), else png."""
     best, best_q = OutputFormat.png, 0.0

@@ -163,6 +163,17 @@ def test_accept_selects_the_format(client: httpx.Client, accept: str, expected: 
     assert response.headers["content-type"] == expected
 
 
+def test_several_accept_headers_are_one_list(client: httpx.Client) -> None:
+    # RFC 9110: "Accept: image/png;q=0.1" and "Accept: application/json" read as one list.
+    headers = [("Accept", "image/png;q=0.1"), ("Accept", "application/json")]
+    response = client.post(
+        "/segment",
+        content=encoded(scene(7)),
+        headers=httpx.Headers([*headers, ("Content-Type", "image/png")]),
+    )
+    assert response.headers["content-type"] == JSON
+
+
 def test_format_parameter_wins_over_accept(client: httpx.Client) -> None:
     response = segment(
         client, encoded(scene(8)), params={"format": "rle"}, headers={"Accept": "image/png"}

@@ -72,6 +72,20 @@ def test_head_where_get_is_not_served_is_405(client: httpx.Client) -> None:
             422,
             {"error": "invalid_parameter", "model": "tiny", "version": "2", "format": "rle"},
         ),
+        (  # a version that is not one keeps the model named beside it
+            "POST",
+            "/segment",
+            {"model": "tiny", "version": "abc", "format": "rle"},
+            422,
+            {"error": "invalid_parameter", "model": "tiny", "version": None, "format": "rle"},
+        ),
+        (  # an empty format is no format, not the Accept header's
+            "POST",
+            "/segment",
+            {"format": "", "model": "tiny"},
+            422,
+            {"error": "invalid_parameter", "model": "tiny", "format": None},
+        ),
         ("GET", "/segment", {}, 405, {"error": "method_not_allowed"}),
         ("POST", "/segment/", {}, 404, {"error": "not_found"}),
         ("GET", "/nowhere", {}, 404, {"error": "not_found"}),
@@ -86,7 +100,8 @@ def test_the_access_log_names_every_refusal(
     status: int,
     expected: dict[str, str | None],
 ) -> None:
-    request_id = f"refusal-{method}-{status}-{'-'.join(params)}-{path.count('/')}"
+    request_id = f"refusal-{method}-{status}-{'-'.join(f'{k}{v}' for k, v in params.items())}"
+    request_id = f"{request_id}-{path.count('/')}"
     response = client.request(
         method,
         path,

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from tests.images import encode, png_declaring, quadrants
 from tests.support import (
     Server,
+    access_line,
     expected_labels,
     expected_scores,
     images_tensor,
@@ -69,6 +70,15 @@ def test_server_metadata_and_health(triton: InferenceServerClient) -> None:
         "model_configuration",
         "model_repository",
     ]
+
+
+def test_health_probes_log_at_debug_as_segserves_own(client: httpx.Client, server: Server) -> None:
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready"):
+        headers = {"X-Request-ID": "probe-" + path.replace("/", "-")}
+        assert client.get(path, headers=headers).status_code == 200
+    assert client.get("/v2", headers={"X-Request-ID": "probe-not"}).status_code == 200
+    access_line(server, "probe-not")  # logged at info, so written by now; the probes are not
+    assert "probe--v2" not in server.log()
 
 
 def test_model_metadata_describes_inputs_and_outputs(triton: InferenceServerClient) -> None:

@@ -145,6 +145,9 @@ def test_public_paths_are_a_setting(locked: Server) -> None:
 
 def test_cors_preflight_and_answers_for_an_allowed_origin(keyed: Server) -> None:
     with keyed.client() as client:
+        counted = {"model": "", "format": "", "code": "200"}
+        key = ("segserve_requests_total", frozenset(counted.items()))
+        before = metric_samples(client).get(key, 0.0)
         preflight = client.options(
             "/segment",
             headers={
@@ -158,6 +161,7 @@ def test_cors_preflight_and_answers_for_an_allowed_origin(keyed: Server) -> None
         allowed = preflight.headers["access-control-allow-headers"].lower()
         assert "authorization" in allowed
         assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert metric_samples(client).get(key, 0.0) == before  # a preflight is no request
 
         answer = segment(client, Origin=ORIGIN, Authorization=f"Bearer {KEYS[0]}")
         assert answer.status_code == 200
