@@ -27,8 +27,12 @@ def main() -> int:
         fmt = os.environ.get("SEGSERVE_LOG_FORMAT", "json")
         configure_logging("info", fmt if fmt in ("json", "text") else "json")
         for error in exc.errors():
-            variable = "SEGSERVE_" + "_".join(map(str, error["loc"])).upper()
-            logging.getLogger("segserve").error("invalid setting %s: %s", variable, error["msg"])
+            if error["loc"]:
+                variable = "SEGSERVE_" + "_".join(map(str, error["loc"])).upper()
+                message = f"invalid setting {variable}: {error['msg']}"
+            else:  # settings valid alone, not together
+                message = f"invalid settings: {error['msg']}"
+            logging.getLogger("segserve").error("%s", message)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if settings.processes > 1:

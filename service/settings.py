@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @model_validator(mode="after")
+    def _one_process_for_explicit_control(self) -> Settings:
+        # The repository API changes the process that answers it: with several, the others
+        # would go on serving what it unloaded.
+        if self.model_control == "explicit" and self.processes > 1:
+            raise ValueError(
+                "SEGSERVE_MODEL_CONTROL=explicit needs SEGSERVE_PROCESSES=1 (a load or unload "
+                "reaches one process); use poll with several processes"
+            )
+        return self
 
     @cached_property
     def max_batch_delay_s(self) -> float:

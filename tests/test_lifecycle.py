@@ -139,6 +139,14 @@ def test_invalid_settings_exit_2_with_a_line_naming_the_variable(
     assert reason in line["message"]
 
 
+def test_explicit_model_control_takes_one_process(tmp_path: Path) -> None:
+    env = {"SEGSERVE_MODEL_CONTROL": "explicit", "SEGSERVE_PROCESSES": "2"}
+    server = start_server(env, tmp_path / "server.log", wait_ready=False)
+    assert server.process.wait(timeout=30) == 2
+    (line,) = [json.loads(text) for text in server.log().splitlines()]
+    assert "SEGSERVE_MODEL_CONTROL=explicit needs SEGSERVE_PROCESSES=1" in line["message"]
+
+
 def test_what_is_alive_once_loaded_is_frozen_out_of_the_collector(tmp_path: Path) -> None:
     # In a fresh interpreter: nothing is frozen before the models load, everything after.
     write_tiny_model(tmp_path)

@@ -274,6 +274,14 @@ def test_explicit_mode_loads_and_unloads_on_request_only(tmp_path: Path) -> None
         }
         assert ("other", "1", "UNAVAILABLE") in index
         assert ("tiny", "2", "READY") in index
+        ready = client.post("/v2/repository/index", json={"ready": True}).json()
+        assert {e["state"] for e in ready} == {"READY"}  # Triton's filter
+        assert {e["name"] for e in ready} == {"tiny"}
+        override = client.post(
+            "/v2/repository/models/tiny/load", json={"parameters": {"config": "{}"}}
+        )
+        assert override.status_code == 400  # a model is its folder: nothing to override
+        assert "config" in override.json()["error"]
 
 
 def test_load_and_unload_are_refused_unless_explicit(tmp_path: Path) -> None:
