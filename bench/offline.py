@@ -47,9 +47,9 @@ from typing import Any, TypeVar, get_args
 import numpy as np
 
 from bench.images import sample_jpeg
+from bench.ort_config import add_ort_config
 from bench.procstat import load_average
 from bench.server import DEFAULT_MODEL, add_settings_option, settings_dict
-from bench.variant import add_ort_config
 from service import imaging, pipeline, policies
 from service.core import ServedModel, Service
 from service.model_card import Resize

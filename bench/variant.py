@@ -17,26 +17,11 @@ import functools
 import gc
 import sys
 
-import onnxruntime as ort
 import uvicorn
 
+from bench.ort_config import add_ort_config
 from service import __main__ as entry
-from service import runtime, server
-from service.settings import Settings
-
-
-def add_ort_config(pairs: list[str]) -> None:
-    """Make ``service.runtime`` add these ``KEY=VALUE`` config entries to every new session."""
-    entries = [pair.split("=", 1) for pair in pairs]
-    original = runtime.session_options
-
-    def session_options(settings: Settings) -> ort.SessionOptions:
-        options = original(settings)
-        for key, value in entries:
-            options.add_session_config_entry(key, value)
-        return options
-
-    runtime.session_options = session_options  # type: ignore[assignment]
+from service import server
 
 
 def main() -> int:

@@ -104,7 +104,7 @@ def test_there_is_no_import_cycle_in_service() -> None:
 
 def test_core_model_export_and_supervisor_load_no_web_framework() -> None:
     modules = [f"service.{m}" for m in sorted(CORE)]
-    modules += ["service.processes", "service.__main__", "model_export"]
+    modules += ["service.processes", "service.__main__", "model_export", "bench.offline"]
     modules += [f"model_export.{m.name}" for m in pkgutil.iter_modules(model_export.__path__)]
     script = (
         "import importlib, json, sys\n"
