@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.repository import ModelVersion
 
 log = logging.getLogger("segserve.access")
 
@@ -37,6 +38,10 @@ class AccessRecord:
     format: str = ""
     error_code: str | None = None  # the problem code of an error answer
     rejection: str | None = None  # the rejection metric's reason, where not the error code
+
+    def label(self, ref: ModelVersion) -> None:
+        """Labelled only once resolved: a client's made-up names never become metric labels."""
+        self.model, self.version = ref.labels
 
 
 def access_record(request: Request) -> AccessRecord:

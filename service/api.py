@@ -98,9 +98,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
     fmt = query.fmt or negotiate(accepted(request.headers))
     record.format = fmt.value
     # Leased: a version swapped out meanwhile (model control) still answers this request.
-    with service.lease(query.model, query.version) as served:
-        # Labelled only once resolved: a client's made-up names never become metric labels.
-        record.model, record.version = served.ref.name, str(served.ref.version)
+    with service.lease(query.model, query.version, resolved=record.label) as served:
         content_type = media_type(request.headers)
         served.batcher.check_capacity()  # a full queue refuses before the upload is read
         body = await read_body(request, service.settings.max_body_bytes)

@@ -109,11 +109,20 @@ class Service:
         return self.models[ref.key]
 
     @contextlib.contextmanager
-    def lease(self, name: str | None, version: int | None) -> Iterator[ServedModel]:
+    def lease(
+        self,
+        name: str | None,
+        version: int | None,
+        *,
+        resolved: Callable[[ModelVersion], None] | None = None,
+    ) -> Iterator[ServedModel]:
         """``model(name, version)``, kept serving until the block ends even if it is retired.
         Raises Overloaded first when the server would keep the request waiting too long
-        (``service.admission``)."""
+        (``service.admission``); ``resolved`` learns the version before that, so that a
+        refusal too is labelled with its model."""
         served = self.model(name, version)
+        if resolved is not None:
+            resolved(served.ref)
         self.admission.check()
         self.admission.enter()
         served.leases += 1

@@ -133,9 +133,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     service: Service = request.app.state.service
     record = access_record(request)
     try:
-        with oip_infer.leased_model(service, name, version) as served:
-            # Labelled only once resolved: a client's made-up names never become metric labels.
-            record.model, record.version = served.ref.name, str(served.ref.version)
+        with oip_infer.leased_model(service, name, version, record.label) as served:
             served.batcher.check_capacity()  # a full queue refuses before the upload is read
             body = await read_body(request, service.settings.max_body_bytes)
             parsed = oip_wire.read_request(

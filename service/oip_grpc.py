@@ -43,6 +43,7 @@ from service.core import Service
 from service.errors import ClientClosed, InvalidRequest, ServiceError, Unauthorized
 from service.oip_tensors import InputTensor
 from service.proto import open_inference_grpc_pb2 as pb
+from service.repository import ModelVersion
 from service.security import ApiKeys, bearer_token
 from service.settings import Settings
 
@@ -158,9 +159,12 @@ class InferenceService:
         self, request: Any, context: Any, arrived: float, record: dict[str, str]
     ) -> Message:
         service = self.service
-        with oip_infer.leased_model(service, request.model_name, request.model_version) as served:
-            # Labelled only once resolved: a client's made-up names never become metric labels.
-            record["model"], record["version"] = served.ref.name, str(served.ref.version)
+
+        def label(ref: ModelVersion) -> None:  # only once resolved: no made-up metric labels
+            record["model"], record["version"] = ref.labels
+
+        name, version = request.model_name, request.model_version
+        with oip_infer.leased_model(service, name, version, label) as served:
             served.batcher.check_capacity()
             names = oip_infer.check_outputs([out.name for out in request.outputs] or None)
             record["format"] = oip_infer.format_label(names)

@@ -34,6 +34,7 @@ from service.core import ServedModel, Service
 from service.errors import InvalidRequest, ModelNotFound
 from service.oip_tensors import InputTensor, OutputTensor, byte_elements, numeric_array
 from service.pipeline import OutputFormat
+from service.repository import ModelVersion
 from service.resampling import class_argmax
 
 IMAGE, INPUT = "image", "input"
@@ -75,11 +76,11 @@ def served_model(service: Service, name: str, version: str | None) -> ServedMode
 
 
 def leased_model(
-    service: Service, name: str, version: str | None
+    service: Service, name: str, version: str | None, resolved: Callable[[ModelVersion], None]
 ) -> contextlib.AbstractContextManager[ServedModel]:
     """``served_model`` held for an inference: a version swapped out meanwhile (model control)
-    still answers it."""
-    return service.lease(name, model_version(version))
+    still answers it; ``resolved`` as ``Service.lease``'s."""
+    return service.lease(name, model_version(version), resolved=resolved)
 
 
 def model_metadata(service: Service, name: str, version: str | None) -> ModelMetadata:

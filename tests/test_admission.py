@@ -11,7 +11,7 @@ import pytest
 from service.admission import Admission
 from service.errors import Overloaded
 from tests.images import encoded, scene
-from tests.support import running_server, write_slow_model
+from tests.support import metric_samples, running_server, write_slow_model
 
 
 class Clock:
@@ -135,8 +135,12 @@ def test_a_flooded_server_refuses_at_once_and_serves_what_it_admits(tmp_path: Pa
 
         with ThreadPoolExecutor(24) as pool:
             answers = list(pool.map(one, range(24)))
+        rejections = metric_samples(client)
     served = [a for a in answers if a[0] == 200]
     refused = [a for a in answers if a[0] != 200]
     assert served
     assert refused
     assert all(a == (503, "1", "overloaded") for a in refused)
+    # Each refusal is counted for the model it asked for, refused before its upload was read.
+    labels = frozenset({("model", "slow"), ("reason", "overloaded")})
+    assert rejections[("segserve_rejections_total", labels)] == len(refused)
