@@ -54,7 +54,7 @@ class ModelControl:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.failed: dict[str, tuple[FileStamp | None, str]] = {}  # key -> (file, why)
-        self.unreadable: dict[str, str] = {}  # model -> why its version policy cannot be read
+        self._unreadable_logged: dict[str, str] = {}  # model -> why its policy cannot be read
         self._lock = asyncio.Lock()  # one change of the served set at a time
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -131,9 +131,9 @@ class ModelControl:
     def _note_unreadable(self, unreadable: dict[str, str]) -> None:
         """Log each model whose version policy became unreadable, once (a poll repeats)."""
         for model, why in unreadable.items():
-            if self.unreadable.get(model) != why:
+            if self._unreadable_logged.get(model) != why:
                 log.error("serving %s's versions as before: %s", model, why)
-        self.unreadable = dict(unreadable)
+        self._unreadable_logged = dict(unreadable)
 
     def _state(self, key: str, unreadable: dict[str, str]) -> VersionState:
         """READY while served (with why, when a changed file of it failed), else UNAVAILABLE."""

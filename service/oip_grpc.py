@@ -39,11 +39,11 @@ import grpc
 from google.protobuf.message import Message
 
 from service import metrics, oip_infer
+from service.access import AccessRecord
 from service.core import Service
 from service.errors import ClientClosed, InvalidRequest, ServiceError, Unauthorized
 from service.oip_tensors import InputTensor
 from service.proto import open_inference_grpc_pb2 as pb
-from service.repository import ModelVersion
 from service.security import ApiKeys, bearer_token
 from service.settings import Settings
 
@@ -129,12 +129,11 @@ class InferenceService:
     async def ModelInfer(self, request: Any, context: Any) -> Message:
         """``oip_infer.run`` for the request's one input; counted in the request metrics as
         the REST door counts its own (the HTTP status of the outcome)."""
-        arrived = time.monotonic()
-        record = {"model": "", "version": "", "format": ""}
+        record = AccessRecord(time.monotonic())  # as the HTTP doors keep theirs
         status, reason = 500, None
         metrics.IN_FLIGHT.inc()
         try:
-            response = await self._infer(request, context, arrived, record)
+            response = await self._infer(request, context, record)
             status = 200
             return response
         except ServiceError as exc:
@@ -145,29 +144,24 @@ class InferenceService:
             raise
         finally:
             metrics.IN_FLIGHT.dec()
-            latency_s = time.monotonic() - arrived
-            metrics.observe_request(record["model"], record["format"], status, latency_s, reason)
+            latency_s = time.monotonic() - record.arrived
+            metrics.observe_request(record.model, record.format, status, latency_s, reason)
             log.info(
                 "gRPC ModelInfer %d",
                 status,
                 extra={"path": f"/{SERVICE_NAME}/ModelInfer", "status": status}
                 | {"latency_ms": round(latency_s * 1000, 2), "error": reason}
-                | {k: v or None for k, v in record.items()},
+                | {"model": record.model or None, "version": record.version or None}
+                | {"format": record.format or None},
             )
 
-    async def _infer(
-        self, request: Any, context: Any, arrived: float, record: dict[str, str]
-    ) -> Message:
+    async def _infer(self, request: Any, context: Any, record: AccessRecord) -> Message:
         service = self.service
-
-        def label(ref: ModelVersion) -> None:  # only once resolved: no made-up metric labels
-            record["model"], record["version"] = ref.labels
-
         name, version = request.model_name, request.model_version
-        with oip_infer.leased_model(service, name, version, label) as served:
+        with oip_infer.leased_model(service, name, version, record.label) as served:
             served.batcher.check_capacity()
             names = oip_infer.check_outputs([out.name for out in request.outputs] or None)
-            record["format"] = oip_infer.format_label(names)
+            record.format = oip_infer.format_label(names)
             timeout_s = oip_infer.timeout_s(
                 _parameters(request.parameters), service.settings.request_timeout_s
             )
@@ -176,7 +170,7 @@ class InferenceService:
                 timeout_s = min(timeout_s, remaining_s)
             tensor = oip_infer.the_input(_inputs(request), served)
             outputs = await oip_infer.run(
-                service, served, tensor, names, deadline=arrived + timeout_s
+                service, served, tensor, names, deadline=record.arrived + timeout_s
             )
         return pb.ModelInferResponse(
             model_name=served.ref.name,

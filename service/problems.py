@@ -125,26 +125,20 @@ class LastResort:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        error: ServiceError
         try:
             await self.app(scope, receive, send_and_watch)
+            return
         except asyncio.CancelledError:
             # Only the server cancels a request's task: its shutdown timeout has ended. The
             # request ends here, answered; the server is stopping either way.
-            note_error(scope, NotReady.code)
-            if not started:
-                stopped = NotReady("the server stopped before this request was answered")
-                await error_answer(scope["path"], stopped)(scope, receive, send)
+            error = NotReady("the server stopped before this request was answered")
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            note_error(scope, "internal_error")
-            if started:
-                return
-            detail = "The server failed to process the request."
-            if is_oip(scope["path"]):
-                answer = oip_error(500, detail)
-            else:
-                answer = problem(500, "internal_error", "Internal server error", detail)
-            await answer(scope, receive, send)
+            error = ServiceError("The server failed to process the request.")  # 500, no details
+        note_error(scope, error.code)
+        if not started:
+            await error_answer(scope["path"], error)(scope, receive, send)
 
 
 def _not_found_detail(request: Request) -> str:
